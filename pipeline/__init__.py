@@ -1,0 +1,1 @@
+"""The ViGOS Kubeflow pipeline: DAG definition (`pipeline.pipeline`), compile, and local runs."""

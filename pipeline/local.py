@@ -1,0 +1,137 @@
+"""Run the ViGOS DAG on this machine through `kfp.local` (the demo, and the end-to-end tests' backbone).
+
+Same DAG, same components as on the cluster; only the inputs differ: a tiny random Qwen2.5-VL and a synthetic
+dataset built here first, and MLflow on a local store (`MLFLOW_TRACKING_URI`, default SQLite under .vigos/).
+Kubernetes settings (GPUs, node selectors, secrets) are ignored by kfp.local.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+@dataclass
+class LocalRun:
+    ok: bool
+    parent_run_id: str | None
+    kfp_run_id: str | None
+    outputs_dir: Path
+
+
+def _phase(title: str):
+    console.print(f"[bold cyan]==>[/] {title}")
+    return time.time()
+
+
+def _done(t0: float, what: str = "") -> None:
+    console.print(f"    done in {time.time() - t0:.1f}s{(' - ' + what) if what else ''}")
+
+
+def prepare_inputs(home: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
+    """Build (or reuse) the tiny model and the synthetic dataset under `home`."""
+    from vigos.data.synthetic import write_synthetic
+    from vigos.modeling.tiny import build_tiny_model
+
+    t0 = _phase("building the tiny random Qwen2.5-VL")
+    model_dir = build_tiny_model(home / "tiny-model", seed=seed)
+    _done(t0, str(model_dir))
+    t0 = _phase(f"generating {rows} rows of synthetic data (Vision-SR1-47K schema, parquet as on the Hub)")
+    data_dir = home / f"synthetic-{rows}-{seed}"
+    if not (data_dir / "data").exists():
+        write_synthetic(data_dir, n=rows, seed=seed, fmt="parquet")
+    _done(t0, str(data_dir))
+    return model_dir, data_dir
+
+
+def run_local(preset: str = "tiny", rows: int = 96, overrides: list[str] | None = None) -> LocalRun:
+    from kfp import local
+
+    from pipeline.pipeline import vigos_pipeline
+    from vigos.config import load_config
+    from vigos.tracking import tracking_uri, vigos_home
+
+    home = vigos_home()
+    home.mkdir(parents=True, exist_ok=True)
+    # Every component runs in a subprocess that inherits this environment: one tracking store for all of them.
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
+    overrides = list(overrides or [])
+    cfg = load_config(preset, overrides=overrides)  # fail fast on a bad override, before any work
+
+    model_dir, data_dir = prepare_inputs(home, rows)
+    overrides = [f"model.name_or_path={model_dir}", *overrides]
+
+    outputs = home / "kfp-runs"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(outputs), raise_on_error=False)
+    t0 = _phase("running the DAG with kfp.local (SubprocessRunner)")
+    started_ms = int(time.time() * 1000)
+    ok = True
+    try:
+        vigos_pipeline(preset=preset, dataset_source=str(data_dir), config_overrides=overrides)
+    except Exception as e:  # kfp.local raises on a failed task only with raise_on_error=True; be safe anyway
+        console.print(f"[red]pipeline failed:[/] {e}")
+        ok = False
+    _done(t0)
+    parent, kfp_run_id, steps = _find_run(cfg.tracking.experiment, started_ms)
+    ok = ok and bool(steps) and all(s.info.status == "FINISHED" for s in steps)
+    _summary(steps, parent, outputs, ok)
+    return LocalRun(ok=ok, parent_run_id=parent.info.run_id if parent else None, kfp_run_id=kfp_run_id,
+                    outputs_dir=outputs)
+
+
+def _find_run(experiment: str, started_ms: int):
+    """The parent run this local run created (newest parent started after `started_ms`) and its step runs."""
+    from mlflow.tracking import MlflowClient
+
+    from vigos.tracking import PARENT_ROLE, TAG_KFP_RUN, TAG_ROLE, step_runs
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None, None, []
+    parents = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{TAG_ROLE}` = '{PARENT_ROLE}' and attributes.start_time >= {started_ms}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        return None, None, []
+    parent = parents[0]
+    kfp_run_id = parent.data.tags[TAG_KFP_RUN]
+    return parent, kfp_run_id, step_runs(kfp_run_id, experiment)
+
+
+# The one number per step that the summary shows; later steps add theirs.
+KEY_METRICS = {
+    "prepare-data": lambda m: f"{m.get('rows_out', 0):.0f} of {m.get('rows_in', 0):.0f} rows kept",
+}
+
+
+def _summary(steps, parent, outputs: Path, ok: bool) -> None:
+    from vigos.tracking import TAG_STEP, tracking_uri
+
+    table = Table(title="ViGOS local run", show_lines=False)
+    for col in ("step", "status", "time", "key metric"):
+        table.add_column(col)
+    for run in steps:
+        name = run.data.tags.get(TAG_STEP, run.info.run_name)
+        secs = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+        metric = KEY_METRICS.get(name, lambda m: "")(run.data.metrics)
+        colour = "green" if run.info.status == "FINISHED" else "red"
+        table.add_row(name, f"[{colour}]{run.info.status}[/]", f"{secs:.1f}s", metric)
+    console.print(table)
+    uri = tracking_uri()
+    if parent is not None:
+        console.print(f"MLflow run: {parent.info.run_name} ({parent.info.run_id}), experiment {parent.info.experiment_id}")
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    console.print(f"MLflow UI:  .venv/bin/{ui}" if uri.startswith("sqlite") else f"MLflow UI:  {ui}")
+    console.print(f"Artifacts:  {outputs}")
+    console.print("[bold green]demo finished[/]" if ok else "[bold red]demo failed[/] (see the step logs above)")

@@ -1,0 +1,70 @@
+"""Shared fixtures: a real `mlflow server` process on 127.0.0.1 (SQLite backend, one worker)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server for the session; yields its URI. Stopped at the end."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin), "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start; log:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+    log.close()
+
+
+@pytest.fixture
+def tracking_env(mlflow_server, monkeypatch, tmp_path):
+    """Point MLFLOW_TRACKING_URI (and VIGOS_HOME) at the test server / a temp folder for one test."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("VIGOS_HOME", str(tmp_path / "vigos-home"))
+    mlflow.set_tracking_uri(mlflow_server)
+    yield mlflow_server
+    while mlflow.active_run():
+        mlflow.end_run()

@@ -1,0 +1,321 @@
+"""Typed configuration: the one home of every default.
+
+A config is a tree of dataclasses. The defaults ARE the `paper-7b` preset (the ViGOS-7B model card); other
+presets are sparse overrides on top of it. Values can be overridden from a YAML file (nested mapping) and from
+`section.key=value` strings (the CLI and the pipeline's `config_overrides` parameter). Unknown keys and values of
+the wrong type are errors that name the key and list what is valid.
+
+This module imports nothing heavy (no torch): the KFP components and the pipeline compiler import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from vigos.errors import VigosError
+
+
+class ConfigError(VigosError, ValueError):
+    """A bad key or value in a config file, preset or override."""
+
+
+@dataclass
+class DataConfig:
+    """Data prep: where the training set comes from and how it is filtered."""
+
+    source: str = "LMMs-Lab-Turtle/Vision-SR1-47K"
+    """HF dataset id, or a local path: a `save_to_disk` folder, a parquet file or folder, or a JSONL file."""
+    split: str = "train"
+    max_samples: int | None = None
+    """Keep at most this many rows after filtering (seeded shuffle first); None keeps all."""
+    min_image_size: int = 3
+    """Rows whose first image is smaller than this many pixels on either side are dropped."""
+    seed: int = 42
+    num_proc: int = 1
+    """Worker processes for decoding/validating rows."""
+
+
+@dataclass
+class ModelConfig:
+    """The base model and how it is loaded."""
+
+    name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    attn_implementation: str = "sdpa"
+    min_pixels: int = 3136
+    """Image processor pixel budget per image (Qwen2.5-VL defaults: 56*56 .. 28*28*1280)."""
+    max_pixels: int = 1003520
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    """A regex, not a list: the vision tower's MLPs share the names gate/up/down_proj."""
+
+
+@dataclass
+class TrainConfig:
+    """ViGOS training (see shared/design/TRAINING.md for every number)."""
+
+    method: Literal["vigos", "opsd"] = "vigos"
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run the epochs)."""
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 5e-6
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.1
+    bf16: bool = True
+    zero_stage: int = 2
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    max_prompt_length: int = 32768
+    max_completion_length: int = 4096
+    rollout_temperature: float = 1.1
+    rollout_top_p: float = 0.95
+    rollout_top_k: int = 20
+    lambda_perception: float = 1.0
+    lambda_reasoning: float = 1.0
+    lambda_reference: float = 2.0
+    distill_temperature: float = 1.0
+    kl_token_clip: float = 0.05
+    description_last_token_clip: float | None = 0.05
+    reasoning_first_token_clip: float | None = 0.05
+    reasoning_teacher_sees_description: bool = False
+    kl_chunk_size: int = 512
+    """Tokens per chunk of the chunked KL (never materialise [tokens, vocab] logits for the whole sequence)."""
+    logging_steps: int = 1
+    save_steps: int = 50
+    sample_log_steps: int = 10
+    """Every this many steps a JSONL sample of rollouts goes to MLflow."""
+
+
+@dataclass
+class EvalConfig:
+    """Pass@k evaluation (see shared/design/EVALUATION.md)."""
+
+    benchmarks: list[str] = field(
+        default_factory=lambda: [
+            "mm-vet", "mmmu", "mmmu-pro", "mathverse", "mathvista", "mmsi", "realworldqa", "cv-bench",
+            "vilp-f", "vilp-p",
+        ]
+    )
+    n_samples: int = 5
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 20
+    max_new_tokens: int = 4096
+    seed: int = 42
+    batch_size: int = 32
+    """Sequences per generation call (questions x samples)."""
+    max_examples: int | None = None
+    """Evaluate at most this many examples per benchmark (None: all)."""
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "vigos"
+    """MLflow experiment; the tracking URI comes from MLFLOW_TRACKING_URI (local default: SQLite under .vigos/)."""
+
+
+@dataclass
+class VigosConfig:
+    preset: str = "paper-7b"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value`, e.g. for MLflow params."""
+        return dict(flatten_dict(self.to_dict()))
+
+
+# Presets are sparse overrides on top of the defaults (which are the model card's values).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-7b": {},
+    "tiny": {
+        # A randomly initialised Qwen2.5-VL of a few hundred thousand parameters and a small synthetic dataset:
+        # the CPU demo and the end-to-end tests. `model.name_or_path` is filled in by whoever builds the model.
+        "data": {"max_samples": 64, "num_proc": 1},
+        "model": {"name_or_path": ".vigos/tiny-model", "dtype": "float32", "min_pixels": 784, "max_pixels": 3136},
+        "lora": {"r": 8, "alpha": 16},
+        "train": {
+            "max_steps": 4,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 1e-3,
+            "bf16": False,
+            "gradient_checkpointing": False,
+            "max_prompt_length": 1024,
+            "max_completion_length": 48,
+            "kl_chunk_size": 16,
+            "save_steps": 2,
+            "sample_log_steps": 2,
+        },
+        "eval": {"n_samples": 5, "max_new_tokens": 48, "batch_size": 16, "max_examples": 8},
+        "tracking": {"experiment": "vigos-local"},
+    },
+}
+
+
+def load_config(
+    preset: str = "paper-7b",
+    yaml_path: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+    values: typing.Mapping[str, Any] | None = None,
+) -> VigosConfig:
+    """Defaults <- preset <- YAML file <- `key=value` strings <- `values` (dotted key -> typed value; later wins).
+
+    `values` is how pipeline parameters reach the config: already typed, so no YAML re-parsing of strings.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = VigosConfig(preset=preset)
+    _apply(cfg, PRESETS[preset], origin=f"preset {preset}")
+    if yaml_path:
+        text = Path(yaml_path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{yaml_path}: expected a mapping of sections, got {type(data).__name__}")
+        data.pop("preset", None)
+        _apply(cfg, data, origin=str(yaml_path))
+    for item in overrides:
+        key, value = parse_override(item)
+        _apply(cfg, _nest(key, value), origin=f"override {item!r}")
+    for key, value in (values or {}).items():
+        _apply(cfg, _nest(key, value), origin=f"parameter {key}")
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.learning_rate=1e-4` -> ("train.learning_rate", 1e-4); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.max_steps=10)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def dump_config(cfg: VigosConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_from_json(text: str) -> VigosConfig:
+    """Rebuild a config serialised with `json.dumps(cfg.to_dict())` (how pipeline steps pass it on)."""
+    data = json.loads(text)
+    cfg = VigosConfig(preset=data.pop("preset", "paper-7b"))
+    _apply(cfg, data, origin="json")
+    return cfg
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """Nested mapping -> (`a.b.c`, value) pairs."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from flatten_dict(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _apply(obj: Any, data: dict[str, Any], origin: str, path: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        where = f"{path}{key}"
+        if where == "preset":
+            raise ConfigError(f"{origin}: the preset is chosen on its own (--preset / the `preset` parameter)")
+        if key not in names:
+            raise ConfigError(f"{origin}: unknown key {where!r}; valid keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {where!r} is a section; give a mapping or use {where}.KEY=VALUE")
+            _apply(current, value, origin, f"{where}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where, origin))
+
+
+def _coerce(value: Any, tp: Any, where: str, origin: str) -> Any:
+    """Check (and gently convert) a value against a field's type annotation."""
+    origin_tp = get_origin(tp)
+    if origin_tp in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where, origin)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{origin}: bad value {value!r} for {where!r}")
+    if origin_tp is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{origin}: {where!r} must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin_tp is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{origin}: {where!r} expects a list, got {value!r}")
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, where, origin) for v in value]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{origin}: {where!r} expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{origin}: {where!r} expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "5e-6" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{origin}: {where!r} expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{origin}: {where!r} expects a string, got {value!r}")
+    raise ConfigError(f"{origin}: {where!r} has unsupported type {tp}")

@@ -1,0 +1,117 @@
+"""The DAG's steps as plain functions: resolve the config, open the step's MLflow run, call the library, and
+return what the Kubeflow UI shows (Metrics + a Markdown card).
+
+The KFP components in `components/` are thin wrappers around these, so every step can be run and tested
+without KFP, and the local DAG and the cluster DAG execute exactly this code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vigos.config import VigosConfig, load_config
+
+
+@dataclass
+class StepContext:
+    """What every step receives from the pipeline: the preset, free-form overrides, and the run's identity."""
+
+    preset: str
+    config_overrides: list[str] = field(default_factory=list)
+    mlflow_experiment: str = ""
+    kfp_run_id: str = "local"
+
+    def config(self, values: dict[str, Any] | None = None) -> VigosConfig:
+        cfg = load_config(self.preset, overrides=self.config_overrides, values=values)
+        if self.mlflow_experiment:
+            cfg.tracking.experiment = self.mlflow_experiment
+        return cfg
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    markdown: str
+
+    def write_kfp(self, metrics_artifact: Any, markdown_artifact: Any) -> None:
+        """Fill the component's `Output[Metrics]` and `Output[Markdown]`."""
+        for key, value in self.metrics.items():
+            metrics_artifact.log_metric(key, float(value))
+        Path(markdown_artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown_artifact.path).write_text(self.markdown)
+
+
+def prepare_data(
+    ctx: StepContext,
+    output_dir: str,
+    dataset_source: str = "",
+    dataset_split: str = "",
+    max_samples: int = -1,
+) -> StepResult:
+    """Data prep. Empty strings / -1 keep the preset's value; max_samples 0 keeps every row."""
+    import mlflow
+
+    from vigos.data.prepare import prepare
+    from vigos.tracking import log_metrics, step_run
+
+    values: dict[str, Any] = {}
+    if dataset_source:
+        values["data.source"] = dataset_source
+    if dataset_split:
+        values["data.split"] = dataset_split
+    if max_samples >= 0:
+        values["data.max_samples"] = max_samples or None
+    cfg = ctx.config(values)
+    params = {f"data.{k}": v for k, v in cfg.to_dict()["data"].items()} | {"preset": cfg.preset}
+    with step_run("prepare-data", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):
+        stats = prepare(cfg.data, output_dir)
+        metrics = _prep_metrics(stats)
+        log_metrics(metrics)
+        mlflow.log_dict(stats, "stats.json")
+    return StepResult(metrics=metrics, markdown=_prep_markdown(cfg, stats))
+
+
+def _prep_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    out = {"rows_in": stats["rows_in"], "rows_out": stats["rows_out"]}
+    out |= {f"dropped_{reason}": n for reason, n in stats["dropped"].items()}
+    out |= {f"answer_type_{kind}": n for kind, n in stats["answer_types"].items()}
+    return {k: float(v) for k, v in out.items()}
+
+
+def _prep_markdown(cfg: VigosConfig, stats: dict[str, Any]) -> str:
+    kept = stats["rows_out"] / stats["rows_in"] * 100 if stats["rows_in"] else 0.0
+    lines = [
+        "# Data prep",
+        "",
+        f"Source `{cfg.data.source}` (split `{cfg.data.split}`): **{stats['rows_out']:,}** of "
+        f"{stats['rows_in']:,} rows kept ({kept:.1f}%).",
+        "",
+        "| dropped because | rows |",
+        "|---|---:|",
+        *(f"| {reason} | {n:,} |" for reason, n in stats["dropped"].items()),
+        "",
+        "| answer type | rows |",
+        "|---|---:|",
+        *(f"| {kind} | {n:,} |" for kind, n in stats["answer_types"].items()),
+        "",
+        "<details><summary>stats.json</summary>",
+        "",
+        "```json",
+        json.dumps(stats, indent=2),
+        "```",
+        "</details>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def finalize_run(ctx: StepContext, state: str, error_message: str = "") -> str:
+    """Record the pipeline's final state on its MLflow parent run (KFP states: SUCCEEDED, FAILED, CANCELED...)."""
+    from vigos.tracking import finish_parent
+
+    cfg = ctx.config()
+    mlflow_status = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(state, "FAILED")
+    return finish_parent(ctx.kfp_run_id, cfg.tracking.experiment, mlflow_status, kfp_state=state,
+                         error_message=error_message)
