@@ -34,13 +34,14 @@ def run_local_cmd(
     rows: int = typer.Option(96, help="Rows of synthetic data to generate."),
     override: list[str] = typer.Option([], "--set", help="Config override `section.key=value` (repeatable)."),
     home: Path | None = typer.Option(None, help="Local state folder (default: $VIGOS_HOME or ./.vigos)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every step's raw output (kfp.local's)."),
 ) -> None:
     """Run the whole DAG on this machine: tiny random Qwen2.5-VL, synthetic data, MLflow on a local store."""
     from pipeline.local import run_local
 
     if home is not None:
         os.environ["VIGOS_HOME"] = str(home.resolve())
-    result = run_local(preset=preset, rows=rows, overrides=list(override))
+    result = run_local(preset=preset, rows=rows, overrides=list(override), verbose=verbose)
     sys.exit(0 if result.ok else 1)
 
 

@@ -7,8 +7,13 @@ Kubernetes settings (GPUs, node selectors, secrets) are ignored by kfp.local.
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import sys
 import time
+import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +37,68 @@ def _phase(title: str):
 
 
 def _done(t0: float, what: str = "") -> None:
-    console.print(f"    done in {time.time() - t0:.1f}s{(' - ' + what) if what else ''}")
+    print(f"    done in {time.time() - t0:.1f}s{(' - ' + what) if what else ''}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_START = re.compile(r"Executing task '([^']+)'")
+_TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class _StepLog(io.TextIOBase):
+    """Stands in for sys.stdout while kfp.local runs: everything goes to a log file; the terminal gets a line
+    per step (start, end with wall time), the steps' progress bars, and the tail of a failed step's output.
+
+    kfp.local echoes every task's stdout through `print` and its own logging (executor inputs included), which
+    buries what a person wants to see; `--verbose` restores the raw stream.
+    """
+
+    def __init__(self, terminal, log_path: Path):
+        self.terminal = terminal
+        self.log = open(log_path, "w")
+        self.buffer_ = ""
+        self.recent: deque[str] = deque(maxlen=40)
+        self.started: dict[str, float] = {}
+        self.durations: dict[str, float] = {}
+        self.last_bar = ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.buffer_ += text
+        *lines, self.buffer_ = self.buffer_.split("\n")
+        for line in lines:
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.terminal.flush()
+
+    def _line(self, line: str) -> None:
+        if m := _TASK_START.search(line):
+            self.started[m.group(1)] = time.time()
+            self.recent.clear()
+            self.terminal.write(f"    step {m.group(1)} ...\n")
+        elif m := _TASK_END.search(line):
+            name, status = m.groups()
+            secs = self.durations[name] = time.time() - self.started.get(name, time.time())
+            self.terminal.write(f"    step {name}: {status} in {secs:.1f}s\n")
+            if status != "SUCCESS":
+                self.terminal.write("".join(f"      | {r}\n" for r in self.recent))
+        else:
+            self.recent.append(line)
+            # a finished tqdm bar arrives as one line of \r-separated updates: show its final state once
+            bar = line.split("\r")[-1].strip()
+            label = bar.split("%|")[0]
+            if ("%|" in bar and not re.search(r"(^|\s)0%\|", bar) and label != self.last_bar) or line.startswith(
+                "[vigos]"
+            ):
+                self.terminal.write(f"      {bar}\n")
+                self.last_bar = label
+        self.terminal.flush()
+
+    def close(self) -> None:
+        self.log.close()
 
 
 def prepare_inputs(home: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
@@ -46,12 +112,15 @@ def prepare_inputs(home: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
     t0 = _phase(f"generating {rows} rows of synthetic data (Vision-SR1-47K schema, parquet as on the Hub)")
     data_dir = home / f"synthetic-{rows}-{seed}"
     if not (data_dir / "data").exists():
-        write_synthetic(data_dir, n=rows, seed=seed, fmt="parquet")
+        # with a few planted bad rows (corrupt bytes, 1x1 image, empty answer, duplicate...): data prep drops them
+        write_synthetic(data_dir, n=rows, seed=seed, fmt="parquet", bad_rows=True)
     _done(t0, str(data_dir))
     return model_dir, data_dir
 
 
-def run_local(preset: str = "tiny", rows: int = 96, overrides: list[str] | None = None) -> LocalRun:
+def run_local(
+    preset: str = "tiny", rows: int = 96, overrides: list[str] | None = None, verbose: bool = False
+) -> LocalRun:
     from kfp import local
 
     from pipeline.pipeline import vigos_pipeline
@@ -72,16 +141,30 @@ def run_local(preset: str = "tiny", rows: int = 96, overrides: list[str] | None 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(outputs), raise_on_error=False)
     t0 = _phase("running the DAG with kfp.local (SubprocessRunner)")
     started_ms = int(time.time() * 1000)
+    log_path = home / "logs" / f"run-local-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     ok = True
+    terminal, step_log = sys.stdout, None
+    if not verbose:
+        step_log = _StepLog(terminal, log_path)
+        sys.stdout = step_log
     try:
-        vigos_pipeline(preset=preset, dataset_source=str(data_dir), config_overrides=overrides)
+        with warnings.catch_warnings():
+            # kfp.local says, for every task, that it ignores Kubernetes resources and the image: expected here
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            vigos_pipeline(preset=preset, dataset_source=str(data_dir), config_overrides=overrides)
     except Exception as e:  # kfp.local raises on a failed task only with raise_on_error=True; be safe anyway
         console.print(f"[red]pipeline failed:[/] {e}")
         ok = False
-    _done(t0)
+    finally:
+        if step_log is not None:
+            sys.stdout = terminal
+            step_log.close()
+    _done(t0, f"full log: {log_path}" if not verbose else "")
     parent, kfp_run_id, steps = _find_run(cfg.tracking.experiment, started_ms)
     ok = ok and bool(steps) and all(s.info.status == "FINISHED" for s in steps)
-    _summary(steps, parent, outputs, ok)
+    _summary(steps, parent, outputs, ok, step_log.durations if step_log else {})
     return LocalRun(ok=ok, parent_run_id=parent.info.run_id if parent else None, kfp_run_id=kfp_run_id,
                     outputs_dir=outputs)
 
@@ -111,11 +194,12 @@ def _find_run(experiment: str, started_ms: int):
 
 # The one number per step that the summary shows; later steps add theirs.
 KEY_METRICS = {
-    "prepare-data": lambda m: f"{m.get('rows_out', 0):.0f} of {m.get('rows_in', 0):.0f} rows kept",
+    "prepare-data": lambda m: f"{m.get('rows_out', 0):.0f} rows kept ({m.get('rows_in', 0):.0f} in, "
+    f"{sum(v for k, v in m.items() if k.startswith('dropped_')):.0f} dropped)",
 }
 
 
-def _summary(steps, parent, outputs: Path, ok: bool) -> None:
+def _summary(steps, parent, outputs: Path, ok: bool, durations: dict[str, float]) -> None:
     from vigos.tracking import TAG_STEP, tracking_uri
 
     table = Table(title="ViGOS local run", show_lines=False)
@@ -123,15 +207,16 @@ def _summary(steps, parent, outputs: Path, ok: bool) -> None:
         table.add_column(col)
     for run in steps:
         name = run.data.tags.get(TAG_STEP, run.info.run_name)
-        secs = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
-        metric = KEY_METRICS.get(name, lambda m: "")(run.data.metrics)
+        # the step's wall time as the DAG saw it (process start, imports, work); else the MLflow run's
+        secs = durations.get(name) or ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+        metric = KEY_METRICS.get(name, lambda m: "")(run.data.metrics) if run.info.status == "FINISHED" else ""
         colour = "green" if run.info.status == "FINISHED" else "red"
         table.add_row(name, f"[{colour}]{run.info.status}[/]", f"{secs:.1f}s", metric)
     console.print(table)
     uri = tracking_uri()
     if parent is not None:
-        console.print(f"MLflow run: {parent.info.run_name} ({parent.info.run_id}), experiment {parent.info.experiment_id}")
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    console.print(f"MLflow UI:  .venv/bin/{ui}" if uri.startswith("sqlite") else f"MLflow UI:  {ui}")
-    console.print(f"Artifacts:  {outputs}")
+        print(f"MLflow run: {parent.info.run_name} ({parent.info.run_id}) in experiment {parent.info.experiment_id}")
+    ui = f".venv/bin/mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
+    print(f"MLflow UI:  {ui}")
+    print(f"Artifacts:  {outputs}")
     console.print("[bold green]demo finished[/]" if ok else "[bold red]demo failed[/] (see the step logs above)")

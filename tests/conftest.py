@@ -1,4 +1,5 @@
-"""Shared fixtures: a real `mlflow server` process on 127.0.0.1 (SQLite backend, one worker)."""
+"""Shared fixtures: a real `mlflow server` process on 127.0.0.1 (SQLite backend, one worker), and one tiny random
+Qwen2.5-VL per test session (built offline in well under a second)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,30 @@ def tracking_env(mlflow_server, monkeypatch, tmp_path):
     yield mlflow_server
     while mlflow.active_run():
         mlflow.end_run()
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from vigos.modeling.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_model_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def red_image():
+    from PIL import Image
+
+    return Image.new("RGB", (120, 90), (200, 30, 30))

@@ -7,12 +7,15 @@ without KFP, and the local DAG and the cluster DAG execute exactly this code.
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vigos.config import VigosConfig, load_config
+from vigos.errors import VigosError
 
 
 @dataclass
@@ -44,6 +47,21 @@ class StepResult:
         Path(markdown_artifact.path).write_text(self.markdown)
 
 
+def _one_line_errors(step):
+    """A user-fixable error ends the step with one line in its log (no traceback) and a failed task."""
+
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except VigosError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+@_one_line_errors
 def prepare_data(
     ctx: StepContext,
     output_dir: str,
@@ -75,7 +93,7 @@ def prepare_data(
 
 
 def _prep_metrics(stats: dict[str, Any]) -> dict[str, float]:
-    out = {"rows_in": stats["rows_in"], "rows_out": stats["rows_out"]}
+    out = {"rows_in": stats["rows_in"], "rows_valid": stats["rows_valid"], "rows_out": stats["rows_out"]}
     out |= {f"dropped_{reason}": n for reason, n in stats["dropped"].items()}
     out |= {f"answer_type_{kind}": n for kind, n in stats["answer_types"].items()}
     return {k: float(v) for k, v in out.items()}

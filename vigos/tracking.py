@@ -53,8 +53,12 @@ def _experiment_id(client, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        # without this MLflow puts a SQLite store's artifacts in ./mlruns of whatever the working directory is
+        location = (vigos_home() / "mlflow-artifacts").as_uri()
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=location)
     except Exception:  # another step created it in the meantime
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -1,0 +1,64 @@
+"""The whole DAG through kfp.local (SubprocessRunner), logging into a real `mlflow server`."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from vigos import tracking
+from vigos.data.synthetic import PLANTED_DROPS
+
+pytestmark = pytest.mark.slow
+
+
+def test_local_dag_end_to_end(tracking_env, tmp_path):
+    from pipeline.local import run_local
+
+    result = run_local(preset="tiny", rows=48)
+    assert result.ok, "the local DAG failed; see the captured output"
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    # the exit handler closed the parent run with the pipeline's final state
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["kfp.final_state"] == "SUCCEEDED"
+    steps = tracking.step_runs(result.kfp_run_id, "vigos-local")
+    names = [r.data.tags[tracking.TAG_STEP] for r in steps]
+    assert names[0] == "prepare-data"
+    for run in steps:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+    prep = steps[0]
+    m = prep.data.metrics
+    planted = sum(PLANTED_DROPS.values())  # the demo data carries planted bad rows; prep drops exactly those
+    assert m["rows_in"] == 48 + planted and m["rows_valid"] == 48
+    assert m["rows_out"] == 48  # the tiny preset keeps at most 64
+    for reason, n in PLANTED_DROPS.items():
+        assert m[f"dropped_{reason}"] == n
+    assert prep.data.params["data.source"].endswith("synthetic-48-0")
+    stats_file = client.download_artifacts(prep.info.run_id, "stats.json", str(tmp_path))
+    stats = json.loads(open(stats_file).read())
+    assert stats["rows_out"] == m["rows_out"]
+
+    # the KFP outputs: dataset on disk in save_to_disk format, the Markdown card, Metrics in executor output
+    runs = sorted(result.outputs_dir.glob("vigos-*"))
+    assert runs, list(result.outputs_dir.iterdir())
+    prep_dir = runs[-1] / "prepare-data"
+    assert (prep_dir / "dataset" / "stats.json").exists()
+    assert (prep_dir / "dataset" / "dataset_info.json").exists() or any((prep_dir / "dataset").rglob("*.arrow"))
+    assert "# Data prep" in (prep_dir / "summary").read_text()
+
+
+def test_failed_step_marks_the_run_failed(tracking_env, capsys):
+    from pipeline.local import run_local
+
+    # every image is "tiny" at this threshold: data prep has nothing left and fails with a clear message
+    result = run_local(preset="tiny", rows=16, overrides=["data.min_image_size=100000"])
+    assert not result.ok
+    parent = MlflowClient().get_run(result.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["kfp.final_state"] == "FAILED"
+    (prep,) = tracking.step_runs(result.kfp_run_id, "vigos-local")
+    assert prep.info.status == "FAILED"
+    out = capsys.readouterr().out
+    assert "step prepare-data: FAILURE" in out
+    assert "error: no rows left" in out and "Traceback" not in out  # one actionable line
+    assert "demo failed" in out
