@@ -135,7 +135,6 @@ def run_local(
     cfg = load_config(preset, overrides=overrides)  # fail fast on a bad override, before any work
 
     model_dir, data_dir = prepare_inputs(home, rows)
-    overrides = [f"model.name_or_path={model_dir}", *overrides]
 
     outputs = home / "kfp-runs"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(outputs), raise_on_error=False)
@@ -153,7 +152,9 @@ def run_local(
             # kfp.local says, for every task, that it ignores Kubernetes resources and the image: expected here
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            vigos_pipeline(preset=preset, dataset_source=str(data_dir), config_overrides=overrides)
+            vigos_pipeline(
+                preset=preset, dataset_source=str(data_dir), base_model=str(model_dir), config_overrides=overrides
+            )
     except Exception as e:  # kfp.local raises on a failed task only with raise_on_error=True; be safe anyway
         console.print(f"[red]pipeline failed:[/] {e}")
         ok = False
@@ -196,6 +197,8 @@ def _find_run(experiment: str, started_ms: int):
 KEY_METRICS = {
     "prepare-data": lambda m: f"{m.get('rows_out', 0):.0f} rows kept ({m.get('rows_in', 0):.0f} in, "
     f"{sum(v for k, v in m.items() if k.startswith('dropped_')):.0f} dropped)",
+    "train": lambda m: f"final loss {m.get('final_loss', float('nan')):.4g}, "
+    f"format-valid {m.get('final_format_valid_rate', 0):.0%}, {m.get('steps', 0):.0f} steps",
 }
 
 

@@ -5,12 +5,28 @@ code. Empty strings and -1 mean "the preset's value": the presets in `vigos/conf
 defaults, and the pipeline does not copy them.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components.finalize_run import finalize_run
 from components.prepare_data import prepare_data
+from components.train import train
 
 PIPELINE_NAME = "vigos"
+HF_TOKEN_SECRET = "vigos-hf-token"
+"""Kubernetes Secret (key `token`) read as HF_TOKEN by steps that download from or upload to the Hub."""
+DEFAULT_GPU_NODE_SELECTOR = {"vigos.dev/gpu-pool": "a100"}
+DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def on_gpu_pool(task, gpus, node_selector, tolerations):
+    """GPU scheduling for a step: accelerator request, the GPU node pool, its taint, a RAM-backed /dev/shm
+    (NCCL and dataloader workers need more than the container default of 64 MiB), and the Hub token."""
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="64Gi")
+    kubernetes.use_secret_as_env(task, HF_TOKEN_SECRET, {"token": "HF_TOKEN"}, optional=True)
+    return task
 
 
 @dsl.pipeline(
@@ -23,6 +39,11 @@ def vigos_pipeline(
     dataset_split: str = "",
     max_samples: int = -1,
     mlflow_experiment: str = "",
+    base_model: str = "",
+    train_gpus: int = 8,
+    gpu_node_selector: dict = DEFAULT_GPU_NODE_SELECTOR,
+    gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
+    checkpoint_root: str = "",
     config_overrides: list = [],  # noqa: B006 - KFP reads the default from the signature
 ):
     """Train, evaluate and publish a ViGOS model.
@@ -33,6 +54,11 @@ def vigos_pipeline(
         dataset_split: Dataset split; empty = the preset's (`train`).
         max_samples: Keep at most this many training rows (seeded shuffle); -1 = the preset's value, 0 = all rows.
         mlflow_experiment: MLflow experiment; empty = the preset's (`vigos`).
+        base_model: Model to post-train (HF id or a path the pods can read); empty = the preset's (Qwen2.5-VL-7B-Instruct).
+        train_gpus: GPUs for the training pod (one DeepSpeed process each); the model card used 8 A100s.
+        gpu_node_selector: Node labels that select the GPU node pool for training and evaluation.
+        gpu_tolerations: Tolerations for the GPU pool's taints (Kubernetes toleration objects).
+        checkpoint_root: Folder on a persistent volume for training checkpoints (a retried pod resumes from it); empty = local `.vigos/checkpoints`.
         config_overrides: Any other config value as `section.key=value` strings, e.g. `train.max_steps=100`.
     """
     context = dict(
@@ -54,3 +80,16 @@ def vigos_pipeline(
         )
         prep.set_display_name("data prep")
         prep.set_cpu_request("4").set_memory_request("16G").set_memory_limit("32G")
+
+        trained = train(
+            dataset=prep.outputs["dataset"],
+            base_model=base_model,
+            checkpoint_root=checkpoint_root,
+            # also an input (not only the accelerator request): KFP 2.17 does not wire a parameter used only in a
+            # resource field into the exit handler's sub-DAG
+            gpus=train_gpus,
+            **context,
+        )
+        trained.set_display_name("ViGOS training")
+        trained.set_cpu_request("32").set_memory_request("400G").set_memory_limit("900G")
+        on_gpu_pool(trained, train_gpus, gpu_node_selector, gpu_tolerations)

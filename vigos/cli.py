@@ -32,10 +32,12 @@ def _register() -> None:
     from vigos.config_cli import app as config_app
     from vigos.data.cli import app as data_app
     from vigos.modeling.cli import app as model_app
+    from vigos.training.launch import train
 
     app.add_typer(config_app, name="config", help="Show the resolved config of a preset + overrides.")
     app.add_typer(data_app, name="data", help="Synthetic data and data prep.")
     app.add_typer(model_app, name="model", help="Model utilities (tiny random Qwen2.5-VL for the demo and tests).")
+    app.command("train", help="Train a ViGOS LoRA adapter (alone, under torchrun, or under deepspeed).")(train)
 
 
 def main(argv: list[str] | None = None) -> None:

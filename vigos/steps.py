@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,3 +136,78 @@ def finalize_run(ctx: StepContext, state: str, error_message: str = "") -> str:
     mlflow_status = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}.get(state, "FAILED")
     return finish_parent(ctx.kfp_run_id, cfg.tracking.experiment, mlflow_status, kfp_state=state,
                          error_message=error_message)
+
+
+@_one_line_errors
+def train(
+    ctx: StepContext,
+    dataset_dir: str,
+    adapter_dir: str,
+    base_model: str = "",
+    checkpoint_root: str = "",
+    gpus: int = 0,
+) -> StepResult:
+    """ViGOS training on every GPU of this pod (one process per GPU under torchrun; one CPU process without).
+
+    Checkpoints live under `checkpoint_root/<kfp run id>/train` (a PVC on the cluster), not in the output
+    artifact: a retried pod of the same run finds them there and resumes.
+    """
+    import mlflow
+    import torch
+
+    from vigos.config import dump_config
+    from vigos.tracking import log_metrics, step_run, tracking_uri, vigos_home
+
+    values: dict[str, Any] = {"model.name_or_path": base_model} if base_model else {}
+    cfg = ctx.config(values)
+    work = Path(checkpoint_root or vigos_home() / "checkpoints") / ctx.kfp_run_id / "train"
+    work.mkdir(parents=True, exist_ok=True)
+    config_path = work / "config.yaml"
+    config_path.write_text(dump_config(cfg))
+    visible = torch.cuda.device_count()
+    # one process per GPU this pod got (`gpus` is what was requested); one CPU process without GPUs
+    nproc = max(1, min(gpus, visible) if gpus > 0 else visible)
+    if gpus > visible > 0:
+        print(f"[vigos] warning: {gpus} GPUs requested but {visible} visible; training on {visible}", flush=True)
+    params = {k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "lora", "train")}
+    with step_run("train", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params) as run:
+        mlflow.log_dict(cfg.to_dict(), "config.json")
+        mlflow.set_tags({"vigos.processes": str(nproc), "vigos.checkpoints": str(work)})
+        env = {**os.environ, "MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": tracking_uri()}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "vigos.training.launch", "--dataset", dataset_dir, "--output", str(work),
+               "--preset", cfg.preset, "--config", str(config_path)]
+        print(f"[vigos] training with {nproc} process(es); checkpoints in {work}", flush=True)
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"training exited with code {proc.returncode} (its log is above)")
+        state = json.loads((work / "trainer_state.json").read_text())
+        final = state["history"][-1] if state["history"] else {}
+        summary = {f"final_{k}": v for k, v in final.items()} | {"steps": state["steps"]}
+        log_metrics(summary)
+    if Path(adapter_dir).exists():
+        shutil.rmtree(adapter_dir)
+    shutil.copytree(work / "adapter", adapter_dir)
+    keys = ("loss", "format_valid_rate", "answer_accuracy", "truncated_rate", "tokens_per_second")
+    metrics = {k: float(final[k]) for k in keys if k in final} | {"steps": float(state["steps"])}
+    return StepResult(metrics=metrics, markdown=_train_markdown(cfg, state))
+
+
+def _train_markdown(cfg: VigosConfig, state: dict[str, Any]) -> str:
+    hist = state["history"]
+    first, last = (hist[0], hist[-1]) if hist else ({}, {})
+    rows = [("loss", "loss"), ("perception KL", "loss_perception"), ("reasoning KL", "loss_reasoning"),
+            ("reference KL", "loss_ref"), ("format-valid rate", "format_valid_rate"),
+            ("answer accuracy", "answer_accuracy"), ("truncated rate", "truncated_rate"),
+            ("completion length", "completion_length"), ("tokens/s", "tokens_per_second")]
+    lines = [
+        "# ViGOS training",
+        "",
+        f"Method `{cfg.train.method}`, base `{cfg.model.name_or_path}`, {state['steps']} optimizer steps"
+        + (f" (resumed from step {state['resumed_from']})" if state.get("resumed_from") else "") + ".",
+        "",
+        "| metric | first step | last step |",
+        "|---|---:|---:|",
+        *(f"| {name} | {first.get(k, float('nan')):.4g} | {last.get(k, float('nan')):.4g} |" for name, k in rows),
+    ]
+    return "\n".join(lines) + "\n"

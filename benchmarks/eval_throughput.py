@@ -1,0 +1,436 @@
+"""Generation throughput: our batched engine vs one question per `generate` call (the public code's way).
+
+    .venv/bin/python benchmarks/eval_throughput.py                          # tiny random model, CPU
+    python benchmarks/eval_throughput.py --model qwen7b-shapes --json out.json   # GPU, Qwen2.5-VL-7B shapes
+
+`--model tiny` (default): the tiny random Qwen2.5-VL (built into a temp dir), `--questions` prompts with an image,
+`--samples` samples each (seeds 42+s). It times, on the same prompts: (1) one `generate` call per question and sample
+(HF sampling; the model card's usage, how the public code evaluated), (2) one call per question with its samples as
+`num_return_sequences` (a stronger baseline), (3) `HFEngine`, all samples batched `--batch-size` sequences per call.
+Prints samples/s and tokens/s side by side with the ratios. Sampling defaults come from `vigos.config` (the eval
+settings; the `tiny` preset's new-token budget).
+
+`--model qwen7b-shapes`: a random-weight Qwen2.5-VL with the 7B shapes (LM: 28 layers, hidden 3584, MLP 18944,
+28/4 heads, vocab 152,064; vision: depth `--vision-depth` (32 as in the 7B), hidden 1280) in bf16 on CUDA, with the
+tiny model's tokenizer/processor (its special-token ids all exist in the 152k vocabulary) at the 7B pixel budget, so a
+224x224 image is 64 tokens. 32 prompts of ~230 tokens, 128 new tokens (T 1.0, top-p 0.9, top-k 20). Times tokens/s
+for (a) one question per call, dynamic cache (on `--baseline-questions` prompts only: it is slow), (b) all prompts in
+one HF `generate` call, dynamic cache, (b2) our engine with the dynamic cache, (c) our engine with the static cache +
+compiled decode: first call (compiles), second call, and a third call where half the prompts are longer (other
+left padding): no recompile expected (the dynamo graph count is printed). Needs only torch, transformers and PIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vigos.config import EvalConfig, load_config  # noqa: E402
+from vigos.data.prompts import build_messages, build_prompt_text  # noqa: E402
+from vigos.generation.engine import HFEngine  # noqa: E402
+from vigos.generation.types import GenerationRequest, SamplingParams  # noqa: E402
+from vigos.modeling.tiny import build_tiny_model  # noqa: E402
+
+QUESTIONS = (
+    "What color is the square?",
+    "How many cats are in the image?",
+    "Is the dog to the left of the car? Answer yes or no.",
+    "What is the value of x in the figure? The angle is 30 degrees and the side is 10 cm.",
+    "Which of the following statements is true? Select the correct option. Choices: (A) 1 (B) 2 (C) 3 (D) 4",
+    "The chart shows the sales of a company in 2019, 2020, 2021 and 2022. Which year had the largest sales?",
+    "What is the area of the circle drawn inside the square of side 4?",
+    "Which bar is the tallest?",
+)
+EXTRA = " Think about the colors, the positions and the sizes of every object in the image before you answer."
+
+
+def _image(i: int, size: int) -> Image.Image:
+    return Image.new("RGB", (size, size), ((37 * i) % 256, (91 * i) % 256, (151 * i) % 256))
+
+
+def _prompts(processor: Any, n: int, image_size: int, longer: set[int] = frozenset()) -> list[tuple[str, list]]:
+    out = []
+    for i in range(n):
+        question = QUESTIONS[i % len(QUESTIONS)] + (EXTRA if i in longer else "")
+        images = [_image(i, image_size)]
+        out.append((build_prompt_text(processor, build_messages(question, images)), images))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _count_completion_tokens(rows: torch.Tensor, eos: set[int]) -> int:
+    total = 0
+    for row in rows.tolist():
+        cut = next((j for j, t in enumerate(row) if t in eos), None)
+        total += len(row) if cut is None else cut + 1
+    return total
+
+
+def _hf_generate(
+    model,
+    processor,
+    prompts,
+    params: SamplingParams,
+    eos: list[int],
+    *,
+    per_call: int,
+    return_sequences: int = 1,
+    seed: int = 42,
+) -> dict[str, float]:
+    """Stock HF sampling (dynamic cache), `per_call` prompts per `generate` call, `return_sequences` samples each."""
+    device = model.device
+    tokens = samples = 0
+    _sync(device)
+    started = time.perf_counter()
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start : start + per_call]
+        inputs = processor(
+            text=[p for p, _ in chunk], images=[im for _, ims in chunk for im in ims], padding=True, return_tensors="pt"
+        ).to(device)
+        torch.manual_seed(seed + start)
+        with torch.no_grad():
+            out = model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                repetition_penalty=1.0,
+                max_new_tokens=params.max_new_tokens,
+                num_return_sequences=return_sequences,
+                eos_token_id=eos,
+                pad_token_id=eos[-1],
+            )
+        tokens += _count_completion_tokens(out[:, inputs["input_ids"].shape[1] :].cpu(), set(eos))
+        samples += out.shape[0]
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "samples": samples,
+        "tokens": tokens,
+        "samples_per_s": samples / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
+
+
+def _engine_run(engine: HFEngine, prompts, params: SamplingParams, samples: int = 1) -> dict[str, float]:
+    requests = [GenerationRequest(p, ims, seed=42 + s) for p, ims in prompts for s in range(samples)]
+    device = engine.model.device
+    _sync(device)
+    started = time.perf_counter()
+    results = engine.generate(requests, params)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(r.token_ids) for r in results)
+    return {
+        "seconds": seconds,
+        "samples": len(results),
+        "tokens": tokens,
+        "samples_per_s": len(results) / seconds,
+        "tokens_per_s": tokens / seconds,
+        "stop_rate": sum(r.finish_reason == "stop" for r in results) / len(results),
+    }
+
+
+def _dynamo_graphs() -> int | None:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # noqa: BLE001 (a private counter: report None rather than fail)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- tiny / CPU
+
+
+def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory(prefix="vigos-bench-") as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "tiny", seed=0)
+        processor = AutoProcessor.from_pretrained(model_dir)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor.tokenizer.padding_side = "left"  # for the HF baselines' batches
+    eos = [int(e) for e in model.generation_config.eos_token_id]
+    params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
+    prompts = _prompts(processor, args.questions, image_size=120)
+    engine = HFEngine(model, processor, batch_size=args.batch_size, cache_implementation=None)
+
+    # warm-up (allocator, tokenizer caches)
+    _engine_run(engine, prompts[:2], SamplingParams(1.0, 1.0, 0, 4))
+    _hf_generate(model, processor, prompts[:1], SamplingParams(1.0, 1.0, 0, 4), eos, per_call=1)
+
+    rows: dict[str, dict[str, float]] = {}
+    expanded = [pq for pq in prompts for _ in range(args.samples)]
+    rows["per_call_one_sample"] = _hf_generate(model, processor, expanded, params, eos, per_call=1)
+    rows["per_call_n_samples"] = _hf_generate(
+        model, processor, prompts, params, eos, per_call=1, return_sequences=args.samples
+    )
+    rows["engine_batched"] = _engine_run(engine, prompts, params, samples=args.samples)
+    base = rows["per_call_one_sample"]["samples_per_s"]
+    print(
+        f"tiny Qwen2.5-VL on cpu ({torch.get_num_threads()} threads): {args.questions} questions x {args.samples} "
+        f"samples, {args.max_new_tokens} new tokens, T {params.temperature}, top-p {params.top_p}, top-k "
+        f"{params.top_k}; engine batch {args.batch_size}"
+    )
+    print(f"{'mode':<52}{'samples/s':>10}{'tokens/s':>10}{'seconds':>9}{'ratio':>8}")
+    labels = {
+        "per_call_one_sample": "one question per call, 1 sample (model card's way)",
+        "per_call_n_samples": f"one question per call, {args.samples} samples (num_return_seq.)",
+        "engine_batched": f"HFEngine, {args.batch_size} sequences per call",
+    }
+    for key, row in rows.items():
+        row["ratio_vs_one_per_call"] = row["samples_per_s"] / base
+        print(
+            f"{labels[key]:<52}{row['samples_per_s']:>10.1f}{row['tokens_per_s']:>10.0f}{row['seconds']:>9.2f}"
+            f"{row['ratio_vs_one_per_call']:>7.1f}x"
+        )
+    ratio_n = rows["engine_batched"]["samples_per_s"] / rows["per_call_n_samples"]["samples_per_s"]
+    print(
+        f"HFEngine vs one question per call: {rows['engine_batched']['ratio_vs_one_per_call']:.1f}x "
+        f"({ratio_n:.1f}x vs one call per question with all its samples)"
+    )
+    return {
+        "model": "tiny",
+        "device": "cpu",
+        "params": params.to_dict(),
+        "questions": args.questions,
+        "samples": args.samples,
+        "batch_size": args.batch_size,
+        "modes": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- 7B shapes / GPU
+
+
+def _qwen7b_shapes_config(token_ids: dict[str, int], vision_depth: int, shrink: bool) -> Any:
+    from transformers import Qwen2_5_VLConfig
+
+    if shrink:  # a CPU smoke test of this code path
+        text = {
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "mrope_section": [4, 6, 6],
+        }
+        vision = {"hidden_size": 64, "intermediate_size": 128, "num_heads": 2}
+    else:
+        text = {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "mrope_section": [16, 24, 24],
+        }
+        vision = {"hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
+    fullatt = [i for i in (7, 15, 23, 31) if i < vision_depth] or [vision_depth - 1]
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": 152064,
+            "hidden_size": text["hidden_size"],
+            "intermediate_size": text["intermediate_size"],
+            "num_hidden_layers": text["num_hidden_layers"],
+            "num_attention_heads": text["num_attention_heads"],
+            "num_key_value_heads": text["num_key_value_heads"],
+            "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": text["mrope_section"],
+            },
+            "use_sliding_window": False,
+            "bos_token_id": token_ids["<|endoftext|>"],
+            "eos_token_id": token_ids["<|im_end|>"],
+            "pad_token_id": token_ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": vision["hidden_size"],
+            "intermediate_size": vision["intermediate_size"],
+            "num_heads": vision["num_heads"],
+            "out_hidden_size": text["hidden_size"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": fullatt,
+            "tokens_per_second": 2,
+        },
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        bos_token_id=token_ids["<|endoftext|>"],
+        eos_token_id=token_ids["<|im_end|>"],
+        pad_token_id=token_ids["<|endoftext|>"],
+    )
+
+
+def run_qwen7b_shapes(args: argparse.Namespace) -> dict[str, Any]:
+    import transformers
+    from transformers import AutoProcessor, GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.image_utils import SizeDict
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vigos-bench-") as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "tiny", seed=0)
+        processor = AutoProcessor.from_pretrained(model_dir)
+    processor.tokenizer.padding_side = "left"  # for the HF baselines' batches
+    processor.image_processor.size = SizeDict(shortest_edge=3136, longest_edge=1003520)  # the 7B's pixel budget
+    tok = processor.tokenizer
+    names = ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    token_ids = {name: tok.convert_tokens_to_ids(name) for name in names}
+    config = _qwen7b_shapes_config(token_ids, args.vision_depth, shrink=args.shrink)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.eval()
+    eos = [token_ids["<|im_end|>"], token_ids["<|endoftext|>"]]
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[-1], bos_token_id=eos[-1])
+    n_params = sum(p.numel() for p in model.parameters())
+    setup_s = time.perf_counter() - t0
+
+    params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
+    prompts = _prompts(processor, args.prompts, image_size=224)
+    lengths = [len(processor(text=[p], images=ims)["input_ids"][0]) for p, ims in prompts]
+    longer = set(range(0, args.prompts, 2))
+    prompts_padded = _prompts(processor, args.prompts, image_size=224, longer=longer)
+    lengths_padded = [len(processor(text=[p], images=ims)["input_ids"][0]) for p, ims in prompts_padded]
+    print(
+        f"{n_params / 1e9:.2f} B parameters on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}),"
+        f" setup {setup_s:.0f}s; prompt tokens {min(lengths)}-{max(lengths)} (padded call: "
+        f"{min(lengths_padded)}-{max(lengths_padded)}); torch {torch.__version__}, transformers "
+        f"{transformers.__version__}",
+        flush=True,
+    )
+
+    rows: dict[str, dict[str, Any]] = {}
+    warm = SamplingParams(1.0, 1.0, 0, 4)
+    _hf_generate(model, processor, prompts[:2], warm, eos, per_call=2)  # CUDA context, cuBLAS handles
+    rows["a_per_question_dynamic"] = _hf_generate(
+        model, processor, prompts[: args.baseline_questions], params, eos, per_call=1
+    )
+    print("a", rows["a_per_question_dynamic"], flush=True)
+    rows["b_batched_dynamic_hf"] = _hf_generate(model, processor, prompts, params, eos, per_call=len(prompts))
+    print("b", rows["b_batched_dynamic_hf"], flush=True)
+    dynamic = HFEngine(model, processor, batch_size=len(prompts), cache_implementation=None)
+    rows["b2_engine_dynamic"] = _engine_run(dynamic, prompts, params)
+    print("b2", rows["b2_engine_dynamic"], flush=True)
+    static = HFEngine(model, processor, batch_size=len(prompts), cache_implementation="static")
+    graphs0 = _dynamo_graphs()
+    rows["c1_engine_static_first_call"] = _engine_run(static, prompts, params)
+    print("c1", rows["c1_engine_static_first_call"], flush=True)
+    graphs1 = _dynamo_graphs()
+    rows["c2_engine_static"] = _engine_run(static, prompts, params)
+    print("c2", rows["c2_engine_static"], flush=True)
+    graphs2 = _dynamo_graphs()
+    rows["c3_engine_static_other_padding"] = _engine_run(static, prompts_padded, params)
+    print("c3", rows["c3_engine_static_other_padding"], flush=True)
+    graphs3 = _dynamo_graphs()
+    rows["c1_engine_static_first_call"]["dynamo_graphs_added"] = _diff(graphs1, graphs0)
+    rows["c2_engine_static"]["dynamo_graphs_added"] = _diff(graphs2, graphs1)
+    rows["c3_engine_static_other_padding"]["dynamo_graphs_added"] = _diff(graphs3, graphs2)
+    rows["c3_engine_static_other_padding"]["prompt_widths"] = static.last_stats["prompt_widths"]
+    rows["c3_engine_static_other_padding"]["cache_len"] = static.last_stats["cache_len"]
+
+    base = rows["a_per_question_dynamic"]["tokens_per_s"]
+    batched = rows["b_batched_dynamic_hf"]["tokens_per_s"]
+    print(
+        f"\n{len(prompts)} prompts with a 224x224 image, {args.max_new_tokens} new tokens, T {params.temperature}, "
+        f"top-p {params.top_p}, top-k {params.top_k}"
+    )
+    print(f"{'mode':<46}{'tokens/s':>10}{'seconds':>9}{'vs (a)':>8}{'vs (b)':>8}{'graphs+':>9}")
+    for key, row in rows.items():
+        row["speedup_vs_a"] = row["tokens_per_s"] / base
+        row["speedup_vs_b"] = row["tokens_per_s"] / batched
+        graphs = row.get("dynamo_graphs_added")
+        print(
+            f"{key:<46}{row['tokens_per_s']:>10.0f}{row['seconds']:>9.2f}{row['speedup_vs_a']:>7.1f}x"
+            f"{row['speedup_vs_b']:>7.1f}x{'' if graphs is None else graphs:>9}"
+        )
+    return {
+        "model": "qwen7b-shapes" + ("-shrunk" if args.shrink else ""),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "parameters": n_params,
+        "vision_depth": args.vision_depth,
+        "prompts": len(prompts),
+        "prompt_tokens": [min(lengths), max(lengths)],
+        "prompt_tokens_other_padding": [min(lengths_padded), max(lengths_padded)],
+        "params": params.to_dict(),
+        "setup_seconds": setup_s,
+        "modes": rows,
+    }
+
+
+def _diff(after: int | None, before: int | None) -> int | None:
+    return None if after is None or before is None else after - before
+
+
+def main() -> None:
+    ev = EvalConfig()
+    tiny_new_tokens = load_config("tiny").eval.max_new_tokens
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("tiny", "qwen7b-shapes"), default="tiny")
+    parser.add_argument("--questions", type=int, default=16, help="tiny: questions.")
+    parser.add_argument("--samples", type=int, default=ev.n_samples, help="tiny: samples per question (seeds 42+s).")
+    parser.add_argument("--batch-size", type=int, default=ev.batch_size, help="tiny: engine sequences per call.")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"Default: {tiny_new_tokens} (tiny preset), 128 (qwen7b-shapes).",
+    )
+    parser.add_argument("--temperature", type=float, default=ev.temperature)
+    parser.add_argument("--top-p", type=float, default=ev.top_p)
+    parser.add_argument("--top-k", type=int, default=ev.top_k)
+    parser.add_argument("--prompts", type=int, default=32, help="qwen7b-shapes: prompts (= the engine batch).")
+    parser.add_argument(
+        "--baseline-questions",
+        type=int,
+        default=2,
+        help="qwen7b-shapes: prompts for the slow one-per-call baseline (tokens/s is per token).",
+    )
+    parser.add_argument("--vision-depth", type=int, default=32, help="qwen7b-shapes: vision blocks (7B: 32).")
+    parser.add_argument("--device", default=None, help="qwen7b-shapes: default cuda if available.")
+    parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes: tiny widths (a CPU smoke test).")
+    parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
+    args = parser.parse_args()
+    if args.max_new_tokens is None:
+        args.max_new_tokens = tiny_new_tokens if args.model == "tiny" else 128
+    result = run_tiny(args) if args.model == "tiny" else run_qwen7b_shapes(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

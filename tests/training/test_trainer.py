@@ -1,0 +1,279 @@
+"""The ViGOS trainer on the tiny model (CPU, DeepSpeed ZeRO-2 over gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vigos.config import load_config
+from vigos.generation import GenerationResult
+from vigos.training.trainer import ViGOSTrainer, answers_match, deepspeed_config
+
+VALID = "a red square on white</description><think>the square is red</think> \\boxed{red}"
+INVALID = "a red square and no closing tag"
+
+
+class FixedEngine:
+    """Test double for the generation engine: returns canned completions (the same for every prompt), so the
+    loss can be followed on fixed rollouts. The real engine is exercised by the other tests here."""
+
+    def __init__(self, processor, texts):
+        tok = processor.tokenizer
+        self.eos_token_ids = (tok.convert_tokens_to_ids("<|im_end|>"),)
+        self.completions = [tok(t, add_special_tokens=False)["input_ids"] + [self.eos_token_ids[0]] for t in texts]
+        self.calls = 0
+        self.assigned: dict[str, int] = {}
+
+    def generate(self, requests, params):
+        self.calls += 1
+        out = []
+        for r in requests:  # chosen by prompt, so a row keeps its completion whatever the data order
+            slot = self.assigned.setdefault(r.prompt, len(self.assigned) % len(self.completions))
+            ids = self.completions[slot]
+            out.append(GenerationResult(list(ids), "", "stop", r.seed, 0))
+        return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from vigos.config import DataConfig
+    from vigos.data.prepare import prepare
+    from vigos.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("train-data")
+    src = write_synthetic(root / "src", n=24, seed=1, fmt="disk")
+    prepare(DataConfig(source=str(src)), root / "prepared", progress=False)
+    return root / "prepared"
+
+
+def tiny_cfg(model_dir, *overrides):
+    return load_config("tiny", overrides=[f"model.name_or_path={model_dir}", *overrides])
+
+
+def make_trainer(cfg, data, out, texts=None, **kw):
+    from vigos.modeling.load import load_processor
+
+    engine = FixedEngine(load_processor(cfg.model), texts) if texts else None
+    return ViGOSTrainer(cfg, data, out, engine=engine, progress=False, **kw)
+
+
+def lora_state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def test_deepspeed_config_comes_from_the_typed_config():
+    cfg = load_config("paper-7b")
+    ds = deepspeed_config(cfg)
+    assert "train_batch_size" not in ds and "auto" not in json.dumps(ds)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
+    assert ds["gradient_clipping"] == 0.1
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 8 == 32
+
+
+def test_answers_match():
+    assert answers_match("Red", "red") and answers_match("3.0", "3") and answers_match("\\boxed{B}", "B")
+    assert not answers_match(None, "3") and not answers_match("4", "3")
+
+
+def test_only_language_model_lora_learns(tiny_model_dir, prepared, tmp_path):
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=1", "train.gradient_accumulation_steps=1")
+    trainer = make_trainer(cfg, prepared, tmp_path / "out", texts=[VALID, INVALID])
+    model = trainer.model
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    assert not any("lora_" in n and "visual" in n for n, _ in model.named_parameters())
+    trainer.train()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "one optimizer step changed nothing"
+    assert all("lora_" in k and "language_model" in k for k in changed), sorted(changed)[:5]
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+    from transformers import AutoProcessor
+
+    AutoProcessor.from_pretrained(tmp_path / "out" / "adapter")  # the processor travels with the adapter
+
+
+def test_loss_falls_on_fixed_rollouts(tiny_model_dir, prepared, tmp_path):
+    import datasets
+
+    # one batch, seen at every step: a 2-row dataset and a micro-batch of 2
+    datasets.load_from_disk(str(prepared)).select(range(2)).save_to_disk(str(tmp_path / "two"))
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=20", "train.gradient_accumulation_steps=1",
+                   "train.per_device_train_batch_size=2", "train.learning_rate=1e-2", "train.save_steps=100",
+                   "train.kl_token_clip=10.0", "train.sample_log_steps=0")
+    result = make_trainer(cfg, tmp_path / "two", tmp_path / "out", texts=[VALID, INVALID]).train()
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 20
+    h0 = result.history[0]
+    # both kinds of rollout reached their teachers: perception + reasoning (valid), reference (invalid)
+    assert h0["loss_perception"] > 0 and h0["loss_reasoning"] > 0 and h0["loss_ref"] > 0
+    assert h0["format_valid_rate"] == 0.5
+    assert sum(losses[-3:]) < 0.5 * sum(losses[:3]), losses
+
+
+def test_reference_teacher_only_for_invalid_rollouts(tiny_model_dir, prepared, tmp_path):
+    from vigos.training.segments import build_segment_masks, parse_completion
+
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=1")
+    trainer = make_trainer(cfg, prepared, tmp_path / "out", texts=[VALID])
+    tok = trainer.processor.tokenizer
+    ex = [e for e in trainer._examples(0)[0] if e is not None]
+    valid = [parse_completion(trainer.processor, tok(VALID + "<|im_end|>", add_special_tokens=False)["input_ids"],
+                              eos_token_ids=trainer.eos_ids)] * len(ex)
+    assert set(trainer._teacher_batches(ex, valid, build_segment_masks(valid))) == {"perception", "reasoning"}
+    invalid = [parse_completion(trainer.processor, tok(INVALID, add_special_tokens=False)["input_ids"],
+                                eos_token_ids=trainer.eos_ids)] * len(ex)
+    assert set(trainer._teacher_batches(ex, invalid, build_segment_masks(invalid))) == {"reference"}
+    trainer.cfg.train.method = trainer.t.method = "opsd"
+    assert set(trainer._teacher_batches(ex, valid, build_segment_masks(valid))) == {"reference"}
+
+
+@pytest.mark.parametrize("sees_description", [False, True])
+def test_reasoning_teacher_alignment(tiny_model_dir, prepared, tmp_path, sees_description):
+    """Each teacher position scores exactly the student token it is aligned with."""
+    from vigos.training import teachers as T
+    from vigos.training.segments import build_segment_masks, parse_completion
+
+    cfg = tiny_cfg(tiny_model_dir, f"train.reasoning_teacher_sees_description={str(sees_description).lower()}")
+    trainer = make_trainer(cfg, prepared, tmp_path / "out", texts=[VALID])
+    tok = trainer.processor.tokenizer
+    ex = [e for e in trainer._examples(0)[0] if e is not None][:1]
+    ids = tok(VALID + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    parsed = [parse_completion(trainer.processor, ids, eos_token_ids=trainer.eos_ids)]
+    masks = build_segment_masks(parsed)
+    batch, comp_mask, _ = trainer._teacher_batches(ex, parsed, masks)["reasoning"]
+    pos = T.positions(comp_mask, batch.offset, batch.input_ids.shape[1])
+    # the token at position p+1 is the student token that position p predicts
+    scored = batch.input_ids[0][1:][pos[0][:-1]].tolist()
+    r0, r1 = parsed[0].reasoning_tokens
+    assert scored == ids[r0:r1]
+    text = tok.decode(batch.input_ids[0])
+    assert ("a red square on white" in text) == sees_description
+    assert ex[0].answer in text  # the privileged teacher sees the reference answer
+
+
+def test_teacher_contexts(tiny_processor):
+    from vigos.training import teachers as T
+
+    q, a = "<image>What colour is the shape?", "vermilion"
+    student = T.context_text(tiny_processor, "student", q, a)
+    perception = T.context_text(tiny_processor, "perception", q, a)
+    reasoning = T.context_text(tiny_processor, "reasoning", q, a)
+    reference = T.context_text(tiny_processor, "reference", q, a)
+    assert a not in student and a not in perception  # the answer never reaches the student or perception
+    assert "colour" not in perception  # the perception teacher sees the image only
+    assert a in reasoning and "colour" in reasoning and reasoning.endswith("<think>")
+    assert a in reference and "<description>" in reference and reference.endswith("<description>")
+    assert student.endswith("<|im_start|>assistant\n<description>")
+    assert perception.endswith("<|im_start|>assistant\n")
+    assert T.context_text(tiny_processor, "reasoning", q, a, sees_description=True).endswith("<description>")
+    for text in (student, perception, reasoning, reference):
+        assert text.count("<|image_pad|>") == 1 and "You are a helpful assistant." in text
+
+
+def test_teacher_is_the_base_model_with_adapter_off(tiny_model_dir, tiny_processor, red_image):
+    from vigos.modeling.load import load_model
+    from vigos.modeling.lora import apply_lora
+    from vigos.training import teachers as T
+
+    cfg = tiny_cfg(tiny_model_dir)
+    base = load_model(cfg.model)
+    batch = T.build_sequences(tiny_processor, [T.context_text(tiny_processor, "student", "q?", "1")], [red_image],
+                              [[5, 6, 7]], [0])
+    with torch.no_grad():
+        reference = T.hidden_states(base, batch)
+    model = apply_lora(load_model(cfg.model), cfg.lora)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)  # make the adapter matter
+    model.train()
+    assert torch.allclose(T.teacher_hidden_states(model, batch), reference, atol=1e-5)
+    assert model.training  # training mode restored
+    with torch.no_grad():
+        adapted = T.hidden_states(model.eval(), batch)
+    assert not torch.allclose(adapted, reference, atol=1e-3)  # adapter re-enabled afterwards
+
+
+def test_resume_equals_straight_run(tiny_model_dir, prepared, tmp_path):
+    common = ["train.max_steps=4", "train.save_steps=2", "train.gradient_accumulation_steps=2",
+              "train.sample_log_steps=0"]
+    straight = make_trainer(tiny_cfg(tiny_model_dir, *common), prepared, tmp_path / "a")
+    straight.train()
+    expected = lora_state(straight.model)
+
+    first = make_trainer(tiny_cfg(tiny_model_dir, *common), prepared, tmp_path / "b", interrupt_after_step=2)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step-2"
+    resumed = make_trainer(tiny_cfg(tiny_model_dir, *common), prepared, tmp_path / "b")
+    result = resumed.train()
+    assert result.resumed_from == 2 and len(result.history) == 2
+    got = lora_state(resumed.model)
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+
+
+def test_bad_image_mid_training_is_skipped(tiny_model_dir, prepared, tmp_path):
+    import datasets
+
+    ds = datasets.load_from_disk(str(prepared))
+    rows = ds.select(range(4)).to_list()
+    for r in rows:  # the stored bytes, not decoded images
+        r["images"] = [{"bytes": im["bytes"], "path": None} for im in r["images"]]
+    rows[1]["images"] = [{"bytes": b"\x89PNG not really", "path": None}]
+    broken = datasets.Dataset.from_list(rows, features=ds.features)
+    broken.save_to_disk(str(tmp_path / "broken"))
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=1", "train.gradient_accumulation_steps=4")
+    result = make_trainer(cfg, tmp_path / "broken", tmp_path / "out").train()
+    assert result.history[0]["skipped_rows"] == 1
+
+
+@pytest.fixture(scope="module")
+def peaky_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a 30x lm_head: a random tiny model is nearly uniform, so its KLs are ~1e-5 and float32
+    rounding alone moves them by ~1e-3 relative; peaky distributions make the teachers disagree for real."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("peaky") / "model"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(peaky_model_dir, prepared, tmp_path, tracking_env):
+    """torchrun with 2 ranks (gloo, ZeRO-2) and micro-batch 1 == one process with micro-batch 2."""
+    tiny_model_dir = peaky_model_dir
+
+    def run(nproc, per_device, out):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "vigos.training.launch", "--dataset", str(prepared), "--output", str(out), "--preset", "tiny",
+               "--set", f"model.name_or_path={tiny_model_dir}", "--set", "train.max_steps=2",
+               "--set", "train.gradient_accumulation_steps=1",
+               "--set", f"train.per_device_train_batch_size={per_device}", "--set", "train.kl_token_clip=10.0",
+               # LoRA dropout masks come from each rank's RNG stream, which no layout can make equal
+               "--set", "lora.dropout=0.0"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads(Path(out, "trainer_state.json").read_text())["history"]
+
+    one = run(1, 2, tmp_path / "one")
+    two = run(2, 1, tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        assert a["loss"] > 1e-3
+        assert a["completion_length"] == b["completion_length"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)

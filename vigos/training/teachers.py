@@ -1,0 +1,184 @@
+"""Teacher contexts and the token alignment between student and teacher sequences.
+
+One network plays every teacher: the frozen base model, i.e. the policy with its LoRA adapter disabled, in eval
+mode, under no_grad (no second copy of the 7B weights). Teachers differ only in their context (TRAINING.md):
+
+| role       | context (user turn, then assistant prefill)                                   | scores              |
+|------------|-------------------------------------------------------------------------------|---------------------|
+| perception | the image only; assistant turn opened, no prefill                             | description tokens  |
+| reasoning  | image + question + reference answer + "derive it step by step"; `<think>`     | reasoning tokens    |
+| reference  | image + question + reference answer + the full three-part format; `<description>` | every token (invalid rollouts) |
+
+The student's completion tokens are appended (as ids, never re-tokenised) after each context, and positions are
+aligned by completion index: in a sequence whose appended tokens start at completion index `s0`, the hidden
+state at `context_len - 1 + (j - s0)` predicts completion token `j`, exactly as the student's hidden state at
+`prompt_len - 1 + j` does. `SequenceBatch.offset` stores `context_len - 1 - s0` per row, so one function maps a
+completion-token mask onto any sequence's positions.
+
+The reference answer never appears in the student's or the perception teacher's context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vigos.data.prompts import DESCRIPTION_PREFILL, clean_question, format_student_prompt
+
+THINK_PREFILL = "<think>"
+ROLES = ("student", "perception", "reasoning", "reference")
+
+
+def format_reasoning_prompt(question: str, answer: str) -> str:
+    """The privileged reasoning teacher: it knows the answer and is asked to derive it, not to state it."""
+    return f"""Problem: {question}
+
+The correct final answer to this problem is: {answer}
+
+Based on the image, derive this answer in your own words, reasoning step by step from what the image shows. Do not just restate the answer: explain how the visual evidence leads to it. Enclose the reasoning within <think> </think> tags, then give the final answer in \\boxed{{}}.
+The output format should be: <think> reasoning process here </think> \\boxed{{FINAL ANSWER here}}.
+"""  # noqa: E501
+
+
+def format_reference_prompt(question: str, answer: str) -> str:
+    """The reference (fallback) teacher: the student's full format instruction plus the reference answer."""
+    return (
+        format_student_prompt(question)
+        + f"\nThe correct final answer is: {answer}. Follow the output format exactly; the description must not "
+        "state the answer.\n"
+    )
+
+
+def context_messages(role: str, question: str, answer: str, image: Any) -> list[dict[str, Any]]:
+    """The user turn of `role`'s context (one image: the student uses the first image, so do the teachers)."""
+    question = clean_question(question)
+    content: list[dict[str, Any]] = [{"type": "image", "image": image}]
+    if role == "student":
+        content.append({"type": "text", "text": format_student_prompt(question)})
+    elif role == "perception":
+        pass  # the image alone: it can only judge what the description says about the image
+    elif role == "reasoning":
+        content.append({"type": "text", "text": format_reasoning_prompt(question, answer)})
+    elif role == "reference":
+        content.append({"type": "text", "text": format_reference_prompt(question, answer)})
+    else:
+        raise ValueError(f"unknown role {role!r}; one of {ROLES}")
+    return [{"role": "user", "content": content}]
+
+
+def context_prefill(role: str, sees_description: bool = False) -> str:
+    if role in ("student", "reference"):
+        return DESCRIPTION_PREFILL
+    if role == "reasoning":
+        # Seeing the student's description means continuing the student's own turn from its start.
+        return DESCRIPTION_PREFILL if sees_description else THINK_PREFILL
+    return ""
+
+
+def context_text(processor: Any, role: str, question: str, answer: str, sees_description: bool = False) -> str:
+    """Chat-template text of `role`'s context, assistant turn opened and prefilled. The image is a placeholder:
+    the template only needs to know there is one; pixels go through the processor."""
+    messages = context_messages(role, question, answer, image=None)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + context_prefill(role, sees_description)
+
+
+@dataclass
+class SequenceBatch:
+    """Right-padded sequences (context + appended completion tokens) ready for the model."""
+
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    pixel_values: torch.Tensor  # all rows' image patches, in row order
+    image_grid_thw: torch.Tensor  # [B, 3]
+    offset: torch.Tensor  # [B]: position whose hidden state predicts completion token 0
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "pixel_values": self.pixel_values,
+            "image_grid_thw": self.image_grid_thw,
+        }
+
+    def to(self, device) -> SequenceBatch:
+        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.pixel_values,
+                                                       self.image_grid_thw, self.offset)))
+
+
+def build_sequences(
+    processor: Any,
+    contexts: Sequence[str],
+    images: Sequence[Any],
+    appended: Sequence[Sequence[int]],
+    start_index: Sequence[int],
+    dtype: torch.dtype | None = None,
+) -> SequenceBatch:
+    """Tokenise each context with its image, append the given completion tokens (ids), right-pad into a batch.
+
+    `start_index[i]` is the completion index of `appended[i][0]` (0 for the student and the perception and
+    reference teachers; the first reasoning token for the reasoning teacher).
+    """
+    rows, pixels, grids, offsets = [], [], [], []
+    for text, image, tail, s0 in zip(contexts, images, appended, start_index, strict=True):
+        enc = processor(text=[text], images=[image], return_tensors="pt")
+        ids = enc["input_ids"][0].tolist()
+        offsets.append(len(ids) - 1 - int(s0))
+        rows.append(ids + [int(t) for t in tail])
+        pixels.append(enc["pixel_values"])
+        grids.append(enc["image_grid_thw"])
+    pad_id = processor.tokenizer.pad_token_id
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        attention_mask[i, : len(r)] = 1
+    pixel_values = torch.cat(pixels)
+    if dtype is not None:
+        pixel_values = pixel_values.to(dtype)
+    return SequenceBatch(input_ids, attention_mask, pixel_values, torch.cat(grids), torch.tensor(offsets))
+
+
+def positions(completion_mask: torch.Tensor, offset: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Map a completion-token mask [B, T] onto sequence positions [B, seq_len] (see the module docstring).
+
+    Row-major order of the True entries is preserved, so the student's and a teacher's position masks built
+    from the same completion mask select matching (row, token) pairs in the same order.
+    """
+    b, t = completion_mask.shape
+    out = torch.zeros((b, seq_len), dtype=torch.bool, device=completion_mask.device)
+    rows, cols = completion_mask.nonzero(as_tuple=True)
+    pos = offset.to(completion_mask.device)[rows] + cols
+    if len(pos) and (pos.min() < 0 or pos.max() >= seq_len):
+        raise ValueError("a scored completion token falls outside its sequence (were its tokens appended?)")
+    out[rows, pos] = True
+    return out
+
+
+def lm_parts(model: Any) -> tuple[Any, torch.Tensor]:
+    """(the backbone that returns final-norm hidden states, the lm_head weight) of a (PEFT-wrapped) Qwen2.5-VL."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model, base.lm_head.weight
+
+
+def hidden_states(model: Any, batch: SequenceBatch) -> torch.Tensor:
+    """Final hidden states [B, L, H] (after the final norm): the lm_head is applied chunk by chunk in the loss."""
+    backbone, _ = lm_parts(model)
+    out = backbone(**batch.model_inputs(), use_cache=False)
+    return out.last_hidden_state
+
+
+@torch.no_grad()
+def teacher_hidden_states(model: Any, batch: SequenceBatch) -> torch.Tensor:
+    """The frozen base model's hidden states: adapter disabled, eval mode, no grad; training mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            return hidden_states(model, batch)
+    finally:
+        model.train(was_training)
