@@ -13,6 +13,7 @@ import torch
 
 from vigos.config import load_config
 from vigos.generation import GenerationResult
+from vigos.training.objective import teacher_batches
 from vigos.training.trainer import ViGOSTrainer, answers_match, deepspeed_config
 
 VALID = "a red square on white</description><think>the square is red</think> \\boxed{red}"
@@ -127,12 +128,12 @@ def test_reference_teacher_only_for_invalid_rollouts(tiny_model_dir, prepared, t
     ex = [e for e in trainer._examples(0)[0] if e is not None]
     valid = [parse_completion(trainer.processor, tok(VALID + "<|im_end|>", add_special_tokens=False)["input_ids"],
                               eos_token_ids=trainer.eos_ids)] * len(ex)
-    assert set(trainer._teacher_batches(ex, valid, build_segment_masks(valid))) == {"perception", "reasoning"}
+    assert set(teacher_batches(trainer.processor, trainer.t, ex, valid, build_segment_masks(valid))) == {"perception", "reasoning"}
     invalid = [parse_completion(trainer.processor, tok(INVALID, add_special_tokens=False)["input_ids"],
                                 eos_token_ids=trainer.eos_ids)] * len(ex)
-    assert set(trainer._teacher_batches(ex, invalid, build_segment_masks(invalid))) == {"reference"}
+    assert set(teacher_batches(trainer.processor, trainer.t, ex, invalid, build_segment_masks(invalid))) == {"reference"}
     trainer.cfg.train.method = trainer.t.method = "opsd"
-    assert set(trainer._teacher_batches(ex, valid, build_segment_masks(valid))) == {"reference"}
+    assert set(teacher_batches(trainer.processor, trainer.t, ex, valid, build_segment_masks(valid))) == {"reference"}
 
 
 @pytest.mark.parametrize("sees_description", [False, True])
@@ -148,7 +149,7 @@ def test_reasoning_teacher_alignment(tiny_model_dir, prepared, tmp_path, sees_de
     ids = tok(VALID + "<|im_end|>", add_special_tokens=False)["input_ids"]
     parsed = [parse_completion(trainer.processor, ids, eos_token_ids=trainer.eos_ids)]
     masks = build_segment_masks(parsed)
-    batch, comp_mask, _ = trainer._teacher_batches(ex, parsed, masks)["reasoning"]
+    batch, comp_mask, _ = teacher_batches(trainer.processor, trainer.t, ex, parsed, masks)["reasoning"]
     pos = T.positions(comp_mask, batch.offset, batch.input_ids.shape[1])
     # the token at position p+1 is the student token that position p predicts
     scored = batch.input_ids[0][1:][pos[0][:-1]].tolist()

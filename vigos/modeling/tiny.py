@@ -437,3 +437,101 @@ def _corpus() -> list[str]:
     questions = ("What is the answer to the visual question?", "How many cats are there?", "What color is the car?")
     texts = [format_student_prompt(q) for q in questions]
     return texts + list(_CORPUS_LINES) * 3 + ["\n".join(_CORPUS_LINES)]
+
+
+# --- Qwen2.5-VL-7B shapes with random weights (GPU benchmarks: real compute, no download) -----------------------
+
+
+def _qwen7b_shapes_config(token_ids: dict[str, int], vision_depth: int, shrink: bool) -> Any:
+    from transformers import Qwen2_5_VLConfig
+
+    if shrink:  # a CPU smoke test of this code path
+        text = {
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "mrope_section": [4, 6, 6],
+        }
+        vision = {"hidden_size": 64, "intermediate_size": 128, "num_heads": 2}
+    else:
+        text = {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "mrope_section": [16, 24, 24],
+        }
+        vision = {"hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
+    fullatt = [i for i in (7, 15, 23, 31) if i < vision_depth] or [vision_depth - 1]
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": 152064,
+            "hidden_size": text["hidden_size"],
+            "intermediate_size": text["intermediate_size"],
+            "num_hidden_layers": text["num_hidden_layers"],
+            "num_attention_heads": text["num_attention_heads"],
+            "num_key_value_heads": text["num_key_value_heads"],
+            "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": text["mrope_section"],
+            },
+            "use_sliding_window": False,
+            "bos_token_id": token_ids["<|endoftext|>"],
+            "eos_token_id": token_ids["<|im_end|>"],
+            "pad_token_id": token_ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": vision["hidden_size"],
+            "intermediate_size": vision["intermediate_size"],
+            "num_heads": vision["num_heads"],
+            "out_hidden_size": text["hidden_size"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": fullatt,
+            "tokens_per_second": 2,
+        },
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        bos_token_id=token_ids["<|endoftext|>"],
+        eos_token_id=token_ids["<|im_end|>"],
+        pad_token_id=token_ids["<|endoftext|>"],
+    )
+
+
+def random_qwen25vl_7b_shapes(device, dtype, *, vision_depth: int = 32, shrink: bool = False, seed: int = 0):
+    """A randomly initialised Qwen2.5-VL with the 7B's shapes (28 layers, hidden 3584, vocab 152,064) on `device`,
+    and the tiny model's offline processor set to the 7B's pixel budget (a 224x224 image = 64 tokens).
+    `shrink=True` keeps the code path but tiny widths (a CPU smoke test). Needs only torch + transformers."""
+    import tempfile
+
+    import torch
+    from transformers import AutoProcessor, GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.image_utils import SizeDict
+
+    with tempfile.TemporaryDirectory(prefix="vigos-shapes-") as tmp:
+        processor = AutoProcessor.from_pretrained(build_tiny_model(Path(tmp) / "tiny", seed=0))
+    processor.image_processor.size = SizeDict(shortest_edge=3136, longest_edge=1003520)
+    tok = processor.tokenizer
+    names = ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    token_ids = {name: tok.convert_tokens_to_ids(name) for name in names}
+    config = _qwen7b_shapes_config(token_ids, vision_depth, shrink=shrink)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.eval()
+    eos = [token_ids["<|im_end|>"], token_ids["<|endoftext|>"]]
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[-1], bos_token_id=eos[-1])
+    return model, processor

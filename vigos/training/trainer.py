@@ -34,10 +34,9 @@ from vigos.config import VigosConfig
 from vigos.errors import VigosError
 from vigos.training import teachers as T
 from vigos.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from vigos.training.losses import KLTerms, chunked_clipped_token_kl
-from vigos.training.segments import ParsedCompletion, build_segment_masks, parse_completion
+from vigos.training.objective import SEGMENTS, combine, segment_kl_terms
+from vigos.training.segments import ParsedCompletion, parse_completion
 
-SEGMENTS = ("perception", "reasoning", "reference")
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 
@@ -322,51 +321,15 @@ class ViGOSTrainer:
         timings: dict[str, float],
     ) -> dict[str, float]:
         t = self.t
-        dev = self.dist.device
-        images = [ex.image for ex in examples]
-        weight = T.lm_parts(self.model)[1]
-        terms: dict[str, KLTerms] = {}
-        if examples:
-            masks = build_segment_masks(parsed, device=dev)
-            clip = masks.clip_values(t.kl_token_clip, description_last_clip=t.description_last_token_clip,
-                                     reasoning_first_clip=t.reasoning_first_token_clip)
-
-            t0 = time.perf_counter()
-            teacher_hidden = {}
-            teacher_batches = self._teacher_batches(examples, parsed, masks)
-            for role, (batch, _, _) in teacher_batches.items():
-                teacher_hidden[role] = T.teacher_hidden_states(self.model, batch.to(dev))
-            timings["teachers"] += time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            self.engine.train()
-            student = T.build_sequences(self.processor, prompts, images, [p.token_ids for p in parsed],
-                                        [0] * len(examples), dtype=self.dtype).to(dev)
-            h_student = T.hidden_states(self.model, student)
-            for role, (batch, comp_mask, rows) in teacher_batches.items():
-                full_mask = torch.zeros_like(masks.completion)
-                full_mask[rows] = comp_mask
-                student_pos = T.positions(full_mask, student.offset, h_student.shape[1])
-                teacher_pos = T.positions(comp_mask, batch.offset.to(dev), teacher_hidden[role].shape[1])
-                h_t = teacher_hidden[role]
-                reverse = role == "reference" and t.method == "vigos"  # the fallback teacher: KL(student || ref)
-                source, target = (h_student, h_t) if reverse else (h_t, h_student)
-                source_pos, target_pos = (student_pos, teacher_pos) if reverse else (teacher_pos, student_pos)
-                terms[role] = chunked_clipped_token_kl(
-                    source, target, weight, source_pos, target_mask=target_pos, temperature=t.distill_temperature,
-                    clip=clip[full_mask], chunk_size=t.kl_chunk_size,
-                )
-        else:
-            timings["teachers"] += 0.0
-            t0 = time.perf_counter()
+        self.engine.train()
+        terms = segment_kl_terms(self.model, self.processor, t, examples, prompts, parsed, self.dist.device,
+                                 self.dtype, timings)
+        t0 = time.perf_counter()
 
         # token means over the whole data-parallel micro-step: counts summed over ranks
         counts = all_reduce_sum(torch.tensor([float(terms[k].count) if k in terms else 0.0 for k in SEGMENTS]))
-        lambdas = {"perception": t.lambda_perception, "reasoning": t.lambda_reasoning, "reference": t.lambda_reference}
         anchor = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0  # keeps a graph when empty
-        parts = {k: (terms[k].sum / max(counts[i].item(), 1.0) if k in terms else anchor)
-                 for i, k in enumerate(SEGMENTS)}
-        loss = anchor + sum(lambdas[k] * parts[k] for k in SEGMENTS)
+        loss, parts = combine(terms, counts.tolist(), t, anchor)
         # DeepSpeed averages gradients over ranks and divides by the accumulation steps: scale by the world size
         # so the gradient is that of the global token mean.
         self.engine.backward(loss * self.dist.world_size)
@@ -386,41 +349,6 @@ class ViGOSTrainer:
         for i, k in enumerate(SEGMENTS):
             out[f"clipped_{k}"] = g[4 + i]
             out[f"tokens_{k}"] = counts[i].item()
-        return out
-
-    def _teacher_batches(self, examples, parsed, masks):
-        """role -> (SequenceBatch, completion mask of its rows, row indices). Rows a teacher does not score are
-        left out of its forward; a teacher with no rows is skipped entirely (e.g. no invalid rollout: no
-        reference forward)."""
-        t = self.t
-        out = {}
-        if t.method == "opsd":
-            plan = {"reference": (list(range(len(parsed))), masks.completion)}
-        else:
-            valid = [i for i, p in enumerate(parsed) if p.valid]
-            invalid = [i for i, p in enumerate(parsed) if not p.valid]
-            plan = {"perception": (valid, masks.description), "reasoning": (valid, masks.reasoning),
-                    "reference": (invalid, masks.reference)}
-        for role, (rows, mask) in plan.items():
-            if not rows:
-                continue
-            contexts, tails, starts = [], [], []
-            for i in rows:
-                ex, p = examples[i], parsed[i]
-                contexts.append(T.context_text(self.processor, role, ex.problem, ex.answer,
-                                               sees_description=t.reasoning_teacher_sees_description))
-                if role == "perception":
-                    s0, end = 0, p.description_tokens[1]
-                elif role == "reasoning":
-                    s0 = 0 if t.reasoning_teacher_sees_description else p.reasoning_tokens[0]
-                    end = p.reasoning_tokens[1]
-                else:
-                    s0, end = 0, p.num_tokens
-                tails.append(p.token_ids[s0:end])
-                starts.append(s0)
-            batch = T.build_sequences(self.processor, contexts, [examples[i].image for i in rows], tails, starts,
-                                      dtype=self.dtype)
-            out[role] = (batch, mask[rows], rows)
         return out
 
     # ---------------------------------------------------------------------------------------------- I/O

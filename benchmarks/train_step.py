@@ -1,0 +1,225 @@
+"""ViGOS train-step benchmark: per-phase times, tokens/s and MFU, with the trainer's own objective code.
+
+    .venv/bin/python benchmarks/train_step.py                                   # tiny random model, CPU
+    python benchmarks/train_step.py --model qwen7b-shapes --json out.json       # GPU, Qwen2.5-VL-7B shapes
+
+Part 1, optimizer steps (what one step of `vigos train` does, without DeepSpeed, which the GPU benchmark machine
+lacks): rollouts of `--prompts` prompts in one batched engine call (static cache + compiled decode on CUDA), segment
+parsing, teacher forwards (LoRA off) and student forward/backward with the chunked clipped KL
+(`vigos.training.objective`, the trainer's code), then a fused AdamW step. Random weights rarely produce a valid
+format, so most rollouts go to the reference teacher (one teacher forward instead of two).
+
+Part 2, the student forward + backward on one `--seq-len`-token sequence, side by side: (naive) the HF model's full
+logits and a full-vocabulary KL against teacher logits, vs (ours) final hidden states and the chunked KL. LoRA r64 on
+the language model, gradient checkpointing, bf16 on CUDA. MFU = 6 * N_lm * tokens/s / peak (PERFORMANCE.md's
+convention; peak 989 TFLOP/s bf16 dense for H100/H200, 312 for A100).
+Needs only torch, transformers, peft and PIL (+ pyyaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from vigos.config import load_config  # noqa: E402
+from vigos.generation.engine import HFEngine  # noqa: E402
+from vigos.generation.types import GenerationRequest, SamplingParams  # noqa: E402
+from vigos.modeling.lora import apply_lora  # noqa: E402
+from vigos.training import teachers as T  # noqa: E402
+from vigos.training.objective import combine, segment_kl_terms  # noqa: E402
+from vigos.training.segments import parse_completion  # noqa: E402
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+class Row:
+    def __init__(self, i: int, size: int):
+        self.image = Image.new("RGB", (size, size), (40 * (i % 6), 90, 160))
+        ImageDraw.Draw(self.image).ellipse((10, 10, size // 2, size // 2), fill=(250, 30, 30))
+        self.problem = f"How many red circles are in the image? (question {i})"
+        self.answer = "1"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def _lm_params(model) -> int:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return sum(p.numel() for n, p in base.named_parameters() if "visual" not in n and "lora_" not in n)
+
+
+def build(args, device, dtype):
+    cfg = load_config("paper-7b" if args.model == "qwen7b-shapes" else "tiny")
+    if args.model == "qwen7b-shapes":
+        from vigos.modeling.tiny import random_qwen25vl_7b_shapes
+
+        model, processor = random_qwen25vl_7b_shapes(device, dtype, vision_depth=args.vision_depth, shrink=args.shrink)
+    else:
+        import tempfile
+
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        from vigos.modeling.load import load_processor
+        from vigos.modeling.tiny import build_tiny_model
+
+        path = build_tiny_model(Path(tempfile.mkdtemp(prefix="vigos-bench-")) / "tiny")
+        cfg.model.name_or_path = str(path)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
+        processor = load_processor(cfg.model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, cfg.lora)
+    return cfg, model, processor
+
+
+def optimizer_steps(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
+    t = cfg.train
+    t.max_completion_length = args.new_tokens
+    params = SamplingParams.from_train(t)
+    engine = HFEngine(model, processor, batch_size=args.prompts)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
+                              fused=device.type == "cuda")
+    rows = [Row(i, args.image_size) for i in range(args.prompts)]
+    prompts = [T.context_text(processor, "student", r.problem, r.answer) for r in rows]
+    eos = engine.eos_token_ids
+    steps = []
+    for step in range(args.steps):
+        times: dict[str, float] = {}
+        _sync(device)
+        t0 = time.perf_counter()
+        results = engine.generate([GenerationRequest(p, [r.image], 1000 * step + i)
+                                   for i, (p, r) in enumerate(zip(prompts, rows, strict=True))], params)
+        _sync(device)
+        times["rollout"] = time.perf_counter() - t0
+        parsed = [parse_completion(processor, r.token_ids, eos_token_ids=eos) for r in results]
+        model.train()
+        terms = segment_kl_terms(model, processor, t, rows, prompts, parsed, device, dtype, times)
+        t0 = time.perf_counter()
+        anchor = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        loss, _ = combine(terms, [terms[k].count if k in terms else 0 for k in ("perception", "reasoning",
+                                                                               "reference")], t, anchor)
+        loss.backward()
+        _sync(device)
+        times["student"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        _sync(device)
+        times["optimizer"] = time.perf_counter() - t0
+        tokens = sum(p.num_tokens for p in parsed)
+        total = sum(times.values())
+        steps.append({**{f"time_{k}": v for k, v in times.items()}, "completion_tokens": tokens,
+                      "tokens_per_s": tokens / total, "valid": sum(p.valid for p in parsed), "loss": loss.item()})
+        print(f"step {step}: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items())
+              + f"; {tokens} completion tokens, {tokens / total:.0f} tok/s, loss {loss.item():.4g}", flush=True)
+    return {"steps": steps}
+
+
+def fwd_bwd(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
+    """One long sequence: naive full-logit KL vs our hidden-state chunked KL (same student, same teacher)."""
+    row = Row(0, args.image_size)
+    context = T.context_text(processor, "student", row.problem, row.answer)
+    vocab = T.lm_parts(model)[1].shape[0]
+    n_prompt = len(processor(text=[context], images=[row.image])["input_ids"][0])
+    completion = torch.randint(0, min(vocab, 150000), (max(1, args.seq_len - n_prompt),)).tolist()
+    batch = T.build_sequences(processor, [context], [row.image], [completion], [0], dtype=dtype).to(device)
+    mask = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)
+    mask[0, n_prompt - 1 : n_prompt - 1 + len(completion)] = True
+    weight = T.lm_parts(model)[1]
+    n_tokens = int(batch.attention_mask.sum())
+    lm_n = _lm_params(model)
+    peak = _peak(device)
+    out = {"tokens": n_tokens, "lm_params": lm_n}
+    from vigos.training.losses import chunked_clipped_token_kl
+
+    for mode in ("naive", "ours"):
+        for _ in range(2):  # the first is a warm-up
+            model.train()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad(), model.disable_adapter():
+                h_t = T.hidden_states(model, batch)
+            if mode == "naive":
+                logits = model(**batch.model_inputs(), use_cache=False).logits[mask].float()
+                with torch.no_grad():
+                    t_logits = (h_t[mask] @ weight.T).float()
+                loss = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                                reduction="none").sum(-1).clamp(max=cfg.train.kl_token_clip).mean()
+            else:
+                h_s = T.hidden_states(model, batch)
+                loss = chunked_clipped_token_kl(h_t, h_s, weight, mask, clip=cfg.train.kl_token_clip,
+                                                chunk_size=cfg.train.kl_chunk_size).mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+        tps = n_tokens / seconds
+        row_out = {"seconds": seconds, "tokens_per_s": tps, "loss": loss.item(),
+                   "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                   "mfu": 6 * lm_n * tps / peak if peak else None}
+        out[mode] = row_out
+        print(f"{mode:6s} {n_tokens} tokens: {seconds * 1000:.0f} ms, {tps:,.0f} tok/s, "
+              f"peak {row_out['peak_gib'] or 0:.1f} GiB, MFU {100 * (row_out['mfu'] or 0):.1f}% "
+              f"(teacher fwd + student fwd/bwd)", flush=True)
+    out["speedup"] = out["ours"]["tokens_per_s"] / out["naive"]["tokens_per_s"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("tiny", "qwen7b-shapes"), default="tiny")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=8, help="rollouts per optimizer step")
+    parser.add_argument("--new-tokens", type=int, default=None, help="rollout length (default 48 tiny, 256 GPU)")
+    parser.add_argument("--seq-len", type=int, default=None, help="part 2 sequence (default 512 tiny, 4096 GPU)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--vision-depth", type=int, default=32)
+    parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes at tiny widths (CPU smoke test)")
+    parser.add_argument("--skip-steps", action="store_true", help="only part 2")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    gpu = args.model == "qwen7b-shapes" and not args.shrink
+    args.new_tokens = args.new_tokens or (256 if gpu else 48)
+    args.seq_len = args.seq_len or (4096 if gpu else 512)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    cfg, model, processor = build(args, device, dtype)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{args.model} on {name}: {_lm_params(model) / 1e9:.2f} B LM parameters, LoRA r{cfg.lora.r}, "
+          f"setup {time.perf_counter() - t0:.0f}s", flush=True)
+    result: dict[str, Any] = {"model": args.model, "device": name, "torch": torch.__version__}
+    if not args.skip_steps:
+        result["optimizer_steps"] = optimizer_steps(args, cfg, model, processor, device, dtype)
+    result["fwd_bwd"] = fwd_bwd(args, cfg, model, processor, device, dtype)
+    print(f"student fwd+bwd, ours vs naive: {result['fwd_bwd']['speedup']:.2f}x tokens/s", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
