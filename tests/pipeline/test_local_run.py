@@ -23,7 +23,7 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     assert parent.data.tags["kfp.final_state"] == "SUCCEEDED"
     steps = tracking.step_runs(result.kfp_run_id, "vigos-local")
     names = [r.data.tags[tracking.TAG_STEP] for r in steps]
-    assert names[0] == "prepare-data"
+    assert names == ["prepare-data", "train"]
     for run in steps:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
@@ -46,6 +46,7 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     assert (prep_dir / "dataset" / "stats.json").exists()
     assert (prep_dir / "dataset" / "dataset_info.json").exists() or any((prep_dir / "dataset").rglob("*.arrow"))
     assert "# Data prep" in (prep_dir / "summary").read_text()
+    _check_train(client, steps[1], runs[-1], tmp_path)
 
 
 def test_failed_step_marks_the_run_failed(tracking_env, capsys):
@@ -62,3 +63,23 @@ def test_failed_step_marks_the_run_failed(tracking_env, capsys):
     assert "step prepare-data: FAILURE" in out
     assert "error: no rows left" in out and "Traceback" not in out  # one actionable line
     assert "demo failed" in out
+
+
+def _check_train(client, train_run, run_dir, tmp_path):
+    """What the train step left in MLflow and in its KFP outputs."""
+    metrics = train_run.data.metrics
+    for key in ("loss", "loss_perception", "loss_reasoning", "loss_ref", "grad_norm", "learning_rate",
+                "format_valid_rate", "answer_accuracy", "truncated_rate", "completion_length",
+                "clipped_token_fraction_reference", "time_rollout", "time_teachers", "time_student",
+                "time_optimizer", "tokens_per_second", "final_loss"):
+        assert key in metrics, key
+    steps = [m.step for m in client.get_metric_history(train_run.info.run_id, "loss")]
+    assert steps == [1, 2, 3, 4]  # every optimizer step of the tiny preset
+    assert train_run.data.params["train.method"] == "vigos" and train_run.data.params["lora.r"] == "8"
+    samples = [a.path for a in client.list_artifacts(train_run.info.run_id, "rollouts")]
+    assert samples == ["rollouts/step-000002.jsonl", "rollouts/step-000004.jsonl"]
+    row = json.loads(open(client.download_artifacts(train_run.info.run_id, samples[0], str(tmp_path))).readline())
+    assert {"completion", "valid", "answer", "correct", "reference"} <= set(row)
+    adapter = run_dir / "train" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    assert "# ViGOS training" in (run_dir / "train" / "summary").read_text()
