@@ -124,6 +124,19 @@ class EvalConfig:
     """Sequences per generation call (questions x samples)."""
     max_examples: int | None = None
     """Evaluate at most this many examples per benchmark (None: all)."""
+    max_images: int = 16
+    """Images per question passed to the model, in order (EVALUATION.md: up to 16)."""
+    sources: list[str] = field(default_factory=list)
+    """`benchmark=path` entries pointing a benchmark at a local copy in its Hub schema (default: the Hub)."""
+    grader: Literal["rules", "judge", "rules+judge"] = "rules"
+    """`rules`: the rule grader alone; `judge`: the LLM judge decides; `rules+judge`: the judge only where the
+    rules say incorrect (a backup)."""
+    judge_base_url: str = ""
+    """OpenAI-compatible endpoint of the LLM judge (empty: no judge)."""
+    judge_model: str = ""
+    judge_api_key_env: str = "VIGOS_JUDGE_API_KEY"
+    """Name of the environment variable holding the judge's API key (never the key itself)."""
+    judge_max_retries: int = 5
 
 
 @dataclass
