@@ -199,6 +199,7 @@ KEY_METRICS = {
     f"{sum(v for k, v in m.items() if k.startswith('dropped_')):.0f} dropped)",
     "train": lambda m: f"final loss {m.get('final_loss', float('nan')):.4g}, "
     f"format-valid {m.get('final_format_valid_rate', 0):.0%}, {m.get('steps', 0):.0f} steps",
+    "merge": lambda m: f"{m.get('shards', 0):.0f} shard(s), probe |diff| {m.get('probe_max_abs_diff', 0):.2g}",
 }
 
 

@@ -8,6 +8,7 @@ defaults, and the pipeline does not copy them.
 from kfp import dsl, kubernetes
 
 from components.finalize_run import finalize_run
+from components.merge import merge
 from components.prepare_data import prepare_data
 from components.train import train
 
@@ -93,3 +94,8 @@ def vigos_pipeline(
         trained.set_display_name("ViGOS training")
         trained.set_cpu_request("32").set_memory_request("400G").set_memory_limit("900G")
         on_gpu_pool(trained, train_gpus, gpu_node_selector, gpu_tolerations)
+
+        merged = merge(adapter=trained.outputs["adapter"], base_model=base_model, **context)
+        merged.set_display_name("LoRA merge")
+        # a 7B merge holds the base, the adapter-on copy and the reloaded model on CPU in bf16
+        merged.set_cpu_request("8").set_memory_request("64G").set_memory_limit("128G")

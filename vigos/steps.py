@@ -211,3 +211,23 @@ def _train_markdown(cfg: VigosConfig, state: dict[str, Any]) -> str:
         *(f"| {name} | {first.get(k, float('nan')):.4g} | {last.get(k, float('nan')):.4g} |" for name, k in rows),
     ]
     return "\n".join(lines) + "\n"
+
+
+@_one_line_errors
+def merge(ctx: StepContext, adapter_dir: str, merged_dir: str, base_model: str = "") -> StepResult:
+    """Adapter + base -> full model in the preset's dtype, verified on a probe before it is written."""
+    from vigos.merge import merge as merge_model
+    from vigos.tracking import log_metrics, step_run
+
+    values: dict[str, Any] = {"model.name_or_path": base_model} if base_model else {}
+    cfg = ctx.config(values)
+    params = {"merge.dtype": cfg.model.dtype, "merge.base_model": base_model or "(from adapter_config.json)"}
+    with step_run("merge", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):
+        r = merge_model(adapter_dir, merged_dir, dtype=cfg.model.dtype, base_model=base_model or None,
+                        overwrite=True)  # KFP hands each run a fresh output path
+        metrics = {"probe_max_abs_diff": r.max_abs_diff, "probe_allowed_diff": r.allowed_diff,
+                   "shards": float(r.shards), "seconds": r.seconds}
+        log_metrics(metrics)
+    md = (f"# LoRA merge\n\n`{r.base_model}` + adapter -> {r.shards} safetensors shard(s) in `{cfg.model.dtype}`.\n\n"
+          f"Probe check: max |merged - adapter-on| logits = {r.max_abs_diff:.3g} (allowed {r.allowed_diff:.3g}).\n")
+    return StepResult(metrics=metrics, markdown=md)

@@ -23,7 +23,7 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     assert parent.data.tags["kfp.final_state"] == "SUCCEEDED"
     steps = tracking.step_runs(result.kfp_run_id, "vigos-local")
     names = [r.data.tags[tracking.TAG_STEP] for r in steps]
-    assert names == ["prepare-data", "train"]
+    assert names == ["prepare-data", "train", "merge"]
     for run in steps:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
