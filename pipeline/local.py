@@ -101,8 +101,8 @@ class _StepLog(io.TextIOBase):
         self.log.close()
 
 
-def prepare_inputs(home: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
-    """Build (or reuse) the tiny model and the synthetic dataset under `home`."""
+def prepare_inputs(home: Path, rows: int, benchmarks: list[str], seed: int = 0) -> tuple[Path, Path, list[str]]:
+    """Build (or reuse) the tiny model, the synthetic training set and benchmark fixtures under `home`."""
     from vigos.data.synthetic import write_synthetic
     from vigos.modeling.tiny import build_tiny_model
 
@@ -115,7 +115,12 @@ def prepare_inputs(home: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
         # with a few planted bad rows (corrupt bytes, 1x1 image, empty answer, duplicate...): data prep drops them
         write_synthetic(data_dir, n=rows, seed=seed, fmt="parquet", bad_rows=True)
     _done(t0, str(data_dir))
-    return model_dir, data_dir
+    from vigos.evaluation.fixtures import write_benchmark_fixtures
+
+    t0 = _phase(f"writing tiny copies of {len(benchmarks)} benchmarks in their Hub schemas")
+    sources = write_benchmark_fixtures(home / "benchmarks", benchmarks, seed=seed)
+    _done(t0, str(home / "benchmarks"))
+    return model_dir, data_dir, sources
 
 
 def run_local(
@@ -134,7 +139,7 @@ def run_local(
     overrides = list(overrides or [])
     cfg = load_config(preset, overrides=overrides)  # fail fast on a bad override, before any work
 
-    model_dir, data_dir = prepare_inputs(home, rows)
+    model_dir, data_dir, sources = prepare_inputs(home, rows, cfg.eval.benchmarks)
 
     outputs = home / "kfp-runs"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(outputs), raise_on_error=False)
@@ -153,7 +158,8 @@ def run_local(
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             vigos_pipeline(
-                preset=preset, dataset_source=str(data_dir), base_model=str(model_dir), config_overrides=overrides
+                preset=preset, dataset_source=str(data_dir), base_model=str(model_dir), eval_sources=sources,
+                config_overrides=overrides,
             )
     except Exception as e:  # kfp.local raises on a failed task only with raise_on_error=True; be safe anyway
         console.print(f"[red]pipeline failed:[/] {e}")
@@ -200,6 +206,9 @@ KEY_METRICS = {
     "train": lambda m: f"final loss {m.get('final_loss', float('nan')):.4g}, "
     f"format-valid {m.get('final_format_valid_rate', 0):.0%}, {m.get('steps', 0):.0f} steps",
     "merge": lambda m: f"{m.get('shards', 0):.0f} shard(s), probe |diff| {m.get('probe_max_abs_diff', 0):.2g}",
+    "evaluate-base": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",
+    "evaluate-model": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",
+    "eval-report": lambda m: f"mean Pass@5 {m.get('delta.mean.pass_at_k', 0):+.1f} vs base",
 }
 
 

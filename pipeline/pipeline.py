@@ -7,6 +7,7 @@ defaults, and the pipeline does not copy them.
 
 from kfp import dsl, kubernetes
 
+from components.evaluate import eval_report, evaluate_base, evaluate_model
 from components.finalize_run import finalize_run
 from components.merge import merge
 from components.prepare_data import prepare_data
@@ -45,7 +46,10 @@ def vigos_pipeline(
     gpu_node_selector: dict = DEFAULT_GPU_NODE_SELECTOR,
     gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
     checkpoint_root: str = "",
-    config_overrides: list = [],  # noqa: B006 - KFP reads the default from the signature
+    eval_benchmarks: list = [],  # noqa: B006 - KFP reads defaults from the signature
+    eval_sources: list = [],  # noqa: B006
+    eval_gpus: int = 8,
+    config_overrides: list = [],  # noqa: B006
 ):
     """Train, evaluate and publish a ViGOS model.
 
@@ -60,6 +64,9 @@ def vigos_pipeline(
         gpu_node_selector: Node labels that select the GPU node pool for training and evaluation.
         gpu_tolerations: Tolerations for the GPU pool's taints (Kubernetes toleration objects).
         checkpoint_root: Folder on a persistent volume for training checkpoints (a retried pod resumes from it); empty = local `.vigos/checkpoints`.
+        eval_benchmarks: Benchmarks to evaluate (names from the registry); empty = the preset's (the eight + ViLP-F/P).
+        eval_sources: `benchmark=path` entries pointing benchmarks at local copies (default: the Hub).
+        eval_gpus: GPUs per evaluation pod (data-parallel generation, one process each).
         config_overrides: Any other config value as `section.key=value` strings, e.g. `train.max_steps=100`.
     """
     context = dict(
@@ -99,3 +106,16 @@ def vigos_pipeline(
         merged.set_display_name("LoRA merge")
         # a 7B merge holds the base, the adapter-on copy and the reloaded model on CPU in bf16
         merged.set_cpu_request("8").set_memory_request("64G").set_memory_limit("128G")
+
+        evaluation = dict(benchmarks=eval_benchmarks, sources=eval_sources, gpus=eval_gpus, **context)
+        # the base model is evaluated from the start, beside training: every run carries its own baseline
+        base_eval = evaluate_base(base_model=base_model, **evaluation)
+        base_eval.set_display_name("evaluate base model")
+        model_eval = evaluate_model(model=merged.outputs["merged_model"], **evaluation)
+        model_eval.set_display_name("evaluate ViGOS model")
+        for task in (base_eval, model_eval):
+            task.set_cpu_request("32").set_memory_request("200G").set_memory_limit("400G")
+            on_gpu_pool(task, eval_gpus, gpu_node_selector, gpu_tolerations)
+        report = eval_report(model_eval=model_eval.outputs["evaluation"], base_eval=base_eval.outputs["evaluation"],
+                             **context)
+        report.set_display_name("evaluation report")

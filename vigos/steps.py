@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,115 @@ def merge(ctx: StepContext, adapter_dir: str, merged_dir: str, base_model: str =
     md = (f"# LoRA merge\n\n`{r.base_model}` + adapter -> {r.shards} safetensors shard(s) in `{cfg.model.dtype}`.\n\n"
           f"Probe check: max |merged - adapter-on| logits = {r.max_abs_diff:.3g} (allowed {r.allowed_diff:.3g}).\n")
     return StepResult(metrics=metrics, markdown=md)
+
+
+def eval_values(benchmarks: list[str] | None, sources: list[str] | None) -> dict[str, Any]:
+    """Pipeline parameters -> config values (empty lists keep the preset's)."""
+    values: dict[str, Any] = {}
+    if benchmarks:
+        values["eval.benchmarks"] = list(benchmarks)
+    if sources:
+        values["eval.sources"] = list(sources)
+    return values
+
+
+@_one_line_errors
+def evaluate(
+    ctx: StepContext,
+    model_path: str,
+    output_dir: str,
+    label: str,
+    benchmarks: list[str] | None = None,
+    sources: list[str] | None = None,
+    gpus: int = 0,
+) -> StepResult:
+    """Pass@k evaluation of one model: responses (resumable), grades, scores.json and a report, all in MLflow.
+
+    Data-parallel over this pod's GPUs under torchrun; one process without GPUs.
+    """
+    import mlflow
+    import torch
+
+    from vigos.config import dump_config
+    from vigos.evaluation.report import write_report
+    from vigos.evaluation.run import run_eval
+    from vigos.evaluation.score import score_responses
+    from vigos.tracking import log_metrics, step_run, tracking_uri
+
+    cfg = ctx.config(eval_values(benchmarks, sources))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    visible = torch.cuda.device_count()
+    nproc = max(1, min(gpus, visible) if gpus > 0 else visible)
+    params = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"eval.model": model_path}
+    with step_run(f"evaluate-{label}", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment,
+                  params=params):
+        if nproc > 1:
+            config_path = out / "config.yaml"
+            config_path.write_text(dump_config(cfg))
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "vigos.cli", "eval", "run", "--output", str(out), "--model", model_path,
+                   "--preset", cfg.preset, "--config", str(config_path)]
+            env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
+            if subprocess.run(cmd, env=env).returncode != 0:
+                raise RuntimeError("evaluation processes failed (their log is above)")
+        else:
+            run_eval(model_path, cfg, out)
+        scores = score_responses(out / "responses", cfg.eval, grades_dir=out / "grades", output=out / "scores.json")
+        report = write_report(scores, out / "report", title=f"ViGOS evaluation ({label})", model=model_path)
+        metrics = score_metrics(scores)
+        log_metrics(metrics)
+        for folder in ("responses", "grades", "report"):
+            mlflow.log_artifacts(str(out / folder), folder)
+        mlflow.log_artifact(str(out / "scores.json"))
+    return StepResult(metrics=metrics, markdown=report.markdown.read_text().split("![")[0])
+
+
+def score_metrics(scores: dict[str, Any]) -> dict[str, float]:
+    """Flat metric names for MLflow and KFP: `<benchmark>.pass_at_k`, `mean.avg_at_k`, `vilp-f.score`, ..."""
+    out: dict[str, float] = {}
+    for name, row in scores.get("benchmarks", {}).items():
+        out[f"{name}.pass_at_k"] = float(row["pass_at_k"])
+        out[f"{name}.avg_at_k"] = float(row["avg_at_k"])
+    if scores.get("mean"):
+        out["mean.pass_at_k"] = float(scores["mean"]["pass_at_k"])
+        out["mean.avg_at_k"] = float(scores["mean"]["avg_at_k"])
+    for name, row in scores.get("vilp", {}).items():
+        out[f"{name}.score"] = float(row["score"])
+        out[f"{name}.prior"] = float(row["prior"])
+    return out
+
+
+@_one_line_errors
+def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_path: str) -> StepResult:
+    """The run's comparison card: this model vs the base model vs the model card, chart included."""
+    import mlflow
+
+    from vigos.evaluation.report import write_report
+    from vigos.tracking import log_metrics, step_run
+
+    cfg = ctx.config()
+    scores = json.loads((Path(model_eval_dir) / "scores.json").read_text())
+    base = json.loads((Path(base_eval_dir) / "scores.json").read_text())
+    with step_run("eval-report", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment) as run:
+        folder = Path(tempfile.mkdtemp(prefix="vigos-eval-report-"))
+        report = write_report(scores, folder, baseline=base, title="ViGOS vs base model vs ViGOS-7B card")
+        metrics = {f"model.{k}": v for k, v in score_metrics(scores).items()}
+        metrics |= {f"base.{k}": v for k, v in score_metrics(base).items()}
+        if scores.get("mean") and base.get("mean"):
+            metrics["delta.mean.pass_at_k"] = scores["mean"]["pass_at_k"] - base["mean"]["pass_at_k"]
+            metrics["delta.mean.avg_at_k"] = scores["mean"]["avg_at_k"] - base["mean"]["avg_at_k"]
+        log_metrics(metrics)
+        mlflow.log_artifacts(str(folder), "eval-report")
+        # the pipeline's parent run carries the headline numbers and the card too
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+            for key in ("model.mean.pass_at_k", "model.mean.avg_at_k", "base.mean.pass_at_k", "base.mean.avg_at_k"):
+                if key in metrics:
+                    client.log_metric(parent, key, metrics[key])
+            client.log_artifact(parent, str(report.html), "eval-report")
+    shutil.copyfile(report.html, html_path)
+    return StepResult(metrics=metrics, markdown=report.markdown.read_text().split("![")[0])

@@ -23,11 +23,15 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     assert parent.data.tags["kfp.final_state"] == "SUCCEEDED"
     steps = tracking.step_runs(result.kfp_run_id, "vigos-local")
     names = [r.data.tags[tracking.TAG_STEP] for r in steps]
-    assert names == ["prepare-data", "train", "merge"]
+    assert sorted(names) == sorted(["prepare-data", "train", "merge", "evaluate-base", "evaluate-model",
+                                    "eval-report"])
+    by_name = dict(zip(names, steps, strict=True))
+    assert names.index("prepare-data") < names.index("train") < names.index("merge") < names.index(
+        "evaluate-model") < names.index("eval-report")
     for run in steps:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
-    prep = steps[0]
+    prep = by_name["prepare-data"]
     m = prep.data.metrics
     planted = sum(PLANTED_DROPS.values())  # the demo data carries planted bad rows; prep drops exactly those
     assert m["rows_in"] == 48 + planted and m["rows_valid"] == 48
@@ -46,7 +50,8 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     assert (prep_dir / "dataset" / "stats.json").exists()
     assert (prep_dir / "dataset" / "dataset_info.json").exists() or any((prep_dir / "dataset").rglob("*.arrow"))
     assert "# Data prep" in (prep_dir / "summary").read_text()
-    _check_train(client, steps[1], runs[-1], tmp_path)
+    _check_train(client, by_name["train"], runs[-1], tmp_path)
+    _check_eval(client, by_name, runs[-1], parent)
 
 
 def test_failed_step_marks_the_run_failed(tracking_env, capsys):
@@ -57,8 +62,9 @@ def test_failed_step_marks_the_run_failed(tracking_env, capsys):
     assert not result.ok
     parent = MlflowClient().get_run(result.parent_run_id)
     assert parent.info.status == "FAILED" and parent.data.tags["kfp.final_state"] == "FAILED"
-    (prep,) = tracking.step_runs(result.kfp_run_id, "vigos-local")
-    assert prep.info.status == "FAILED"
+    by_name = {r.data.tags[tracking.TAG_STEP]: r for r in tracking.step_runs(result.kfp_run_id, "vigos-local")}
+    assert by_name["prepare-data"].info.status == "FAILED"
+    assert "train" not in by_name  # nothing downstream of the failure ran
     out = capsys.readouterr().out
     assert "step prepare-data: FAILURE" in out
     assert "error: no rows left" in out and "Traceback" not in out  # one actionable line
@@ -83,3 +89,26 @@ def _check_train(client, train_run, run_dir, tmp_path):
     adapter = run_dir / "train" / "adapter"
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     assert "# ViGOS training" in (run_dir / "train" / "summary").read_text()
+
+
+def _check_eval(client, by_name, run_dir, parent):
+    """Both evaluations logged every score and their files; the report compares them, chart included."""
+    for name in ("evaluate-base", "evaluate-model"):
+        run = by_name[name]
+        m = run.data.metrics
+        assert {"mean.pass_at_k", "mean.avg_at_k", "cv-bench.pass_at_k", "vilp-f.score", "vilp-p.prior"} <= set(m)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"responses", "grades", "report", "scores.json"} <= artifacts
+        responses = {a.path for a in client.list_artifacts(run.info.run_id, "responses")}
+        assert "responses/cv-bench.jsonl" in responses
+    report = by_name["eval-report"]
+    assert "delta.mean.pass_at_k" in report.data.metrics
+    files = {a.path for a in client.list_artifacts(report.info.run_id, "eval-report")}
+    assert {"eval-report/eval_chart.png", "eval-report/eval_report.html"} <= files
+    assert "model.mean.pass_at_k" in client.get_run(parent.info.run_id).data.metrics
+    html = (run_dir / "eval-report" / "report").read_text()
+    assert "data:image/png;base64," in html and "ViGOS-7B card" in html
+    rows = [json.loads(line) for line in (run_dir / "evaluate-model" / "evaluation" / "responses" / "vilp-f.jsonl")
+            .read_text().splitlines()]
+    assert rows and all(r["sample_index"] == 0 for r in rows)  # ViLP: one sample per prompt
+    assert all(r["response"].startswith("<description>") for r in rows)

@@ -172,22 +172,22 @@ def _resolve_images(value: Any, base: Path) -> Any:
     return value
 
 
-def _undecoded(feature: Any) -> Any:
+def undecoded_features(feature: Any) -> Any:
     if isinstance(feature, Image):
         return Image(decode=False)
     if isinstance(feature, List):
-        return List(_undecoded(feature.feature), length=feature.length)
+        return List(undecoded_features(feature.feature), length=feature.length)
     if isinstance(feature, LargeList):
-        return LargeList(_undecoded(feature.feature))
+        return LargeList(undecoded_features(feature.feature))
     if isinstance(feature, dict):
-        return {k: _undecoded(v) for k, v in feature.items()}
+        return {k: undecoded_features(v) for k, v in feature.items()}
     return feature
 
 
 def _undecode_images(ds: datasets.Dataset) -> datasets.Dataset:
     for column in IMAGE_COLUMNS:
         if column in ds.features:
-            feature = _undecoded(ds.features[column])
+            feature = undecoded_features(ds.features[column])
             if feature != ds.features[column]:
                 ds = ds.cast_column(column, feature)
     return ds

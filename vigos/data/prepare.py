@@ -193,7 +193,7 @@ def _process_row(
     problem_text = "" if problem is None else str(problem)
     answer_raw = "" if answer is None else answer if isinstance(answer, str) else str(answer)
     answer_norm = normalize_answer(answer_raw)
-    option_list = _options(options)
+    option_list = options_list(options)
     row: dict[str, Any] = {
         "problem": problem_text,
         "images": [],
@@ -210,7 +210,7 @@ def _process_row(
         "_height": None,
         "_images_removed": 0,
     }
-    found = [_image_bytes(v) for v in _as_list(images)]
+    found = [image_bytes(v) for v in as_image_list(images)]
     if not found or found[0] is None:
         row["_drop"] = "no_image"
         return row
@@ -218,7 +218,7 @@ def _process_row(
     if first is None:
         row["_drop"] = "unreadable_image"
         return row
-    size = _decoded_size(first)
+    size = decoded_size(first)
     if size is None:
         row["_drop"] = "unreadable_image"
         return row
@@ -243,7 +243,7 @@ def _process_row(
     return row
 
 
-def _as_list(images: Any) -> list[Any]:
+def as_image_list(images: Any) -> list[Any]:
     if images is None:
         return []
     if isinstance(images, (list, tuple)):
@@ -251,7 +251,7 @@ def _as_list(images: Any) -> list[Any]:
     return [images]
 
 
-def _image_bytes(value: Any) -> tuple[bytes | None, str | None] | None:
+def image_bytes(value: Any) -> tuple[bytes | None, str | None] | None:
     """(encoded bytes or None if unreadable, file name) for one image in any accepted form; None for no image.
 
     Accepted: raw bytes, a `{bytes, path}` dict (the Hub's parquet layout), a path string, a PIL image. The
@@ -291,7 +291,7 @@ def _read_file(path: str) -> bytes | None:
         return None
 
 
-def _decoded_size(data: bytes) -> tuple[int, int] | None:
+def decoded_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) after a full decode, or None. A full decode, not just the header: truncated files pass
     `Image.open` and only fail when the pixels are read, which would otherwise happen in the middle of training."""
     try:
@@ -303,7 +303,7 @@ def _decoded_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def _options(value: Any) -> list[str] | None:
+def options_list(value: Any) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):

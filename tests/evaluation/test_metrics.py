@@ -1,0 +1,103 @@
+"""Pass@k / Avg@k, the breakdowns, ViLP Score / Prior and the mean, against hand-computed numbers."""
+
+import pytest
+
+from vigos.errors import VigosError
+from vigos.evaluation.metrics import MAIN_BENCHMARKS, compute_scores, pass_avg, vilp_scores
+
+
+def rows(bench, grid, meta=None, grader="rules"):
+    """One row per sample: grid = {example_id: [correct per sample]}."""
+    return [
+        {"benchmark": bench, "example_id": q, "sample_index": s, "correct": c, "meta": dict(meta or {}),
+         "grader": grader}
+        for q, cs in grid.items()
+        for s, c in enumerate(cs)
+    ]
+
+
+def test_pass_and_avg_at_k():
+    # q1: 1 of 5 right, q2: none, q3: 4 of 5 -> Pass@5 = 2/3, Avg@5 = 5/15
+    got = pass_avg(rows("mmmu", {"q1": [1, 0, 0, 0, 0], "q2": [0] * 5, "q3": [1, 1, 1, 1, 0]}))
+    assert got == {"n_examples": 3, "k": 5, "pass_at_k": pytest.approx(200 / 3), "avg_at_k": pytest.approx(100 / 3)}
+
+
+def test_partial_credit_counts_its_value():
+    # Avg@k sums the credits; Pass@k takes each question's best sample (any() for booleans).
+    got = pass_avg(rows("mm-vet", {"q1": [0.5, 0.0], "q2": [True, 0.25]}))
+    assert got["avg_at_k"] == pytest.approx(100 * 1.75 / 4)
+    assert got["pass_at_k"] == pytest.approx(100 * 1.5 / 2)
+
+
+def test_incomplete_questions_are_flagged():
+    got = pass_avg(rows("mmmu", {"q1": [True, False, False], "q2": [True]}))
+    assert got["k"] == 3 and got["incomplete_examples"] == 1
+    assert got["avg_at_k"] == pytest.approx(50.0) and got["pass_at_k"] == 100.0
+
+
+def test_cv_bench_pooled_plus_2d_3d():
+    data = rows("cv-bench", {"a": [1, 0], "b": [0, 0]}, {"type": "2D"}) + rows("cv-bench", {"c": [1, 1]}, {"type": "3D"})
+    s = compute_scores(data, "rules")["benchmarks"]["cv-bench"]
+    assert s["n_examples"] == 3 and s["k"] == 2
+    assert s["pass_at_k"] == pytest.approx(200 / 3)  # pooled over items: the paper's number
+    assert s["avg_at_k"] == pytest.approx(50.0)
+    assert s["2D"] == {"n_examples": 2, "k": 2, "pass_at_k": 50.0, "avg_at_k": 25.0}
+    assert s["3D"] == {"n_examples": 1, "k": 2, "pass_at_k": 100.0, "avg_at_k": 100.0}
+    assert s["macro"] == {"pass_at_k": 75.0, "avg_at_k": 62.5, "types": ["2D", "3D"]}
+
+
+def test_mmmu_pro_subsets_pooled_and_macro():
+    data = rows("mmmu-pro", {"standard/0": [1], "standard/1": [1], "standard/2": [0]}, {"subset": "standard"})
+    data += rows("mmmu-pro", {"vision/0": [0]}, {"subset": "vision"})
+    s = compute_scores(data, "rules")["benchmarks"]["mmmu-pro"]
+    assert s["pass_at_k"] == 50.0  # pooled: 2 of 4
+    assert s["standard"]["pass_at_k"] == pytest.approx(200 / 3) and s["vision"]["pass_at_k"] == 0.0
+    assert s["macro"]["pass_at_k"] == pytest.approx(100 / 3) and s["macro"]["subsets"] == ["standard", "vision"]
+
+
+def test_vilp_score_and_prior_with_all_three_positions():
+    data = []
+    for row in range(4):  # 4 ViLP rows x 3 positions = 12 items, one sample each
+        for pos, right in ((1, row < 3), (2, row < 2), (3, row < 1)):
+            data.append({"benchmark": "vilp-f", "example_id": f"{row}-{pos}", "sample_index": 0, "correct": right,
+                         "meta": {"position": pos, "row": row}})
+    v = compute_scores(data, "rules")["vilp"]["vilp-f"]
+    assert v["prior"] == 75.0  # position 1: 3 of 4
+    assert v["score"] == pytest.approx((50.0 + 25.0) / 2)  # mean of positions 2 (2/4) and 3 (1/4)
+    assert v["by_position"]["2"] == {"n_examples": 4, "accuracy": 50.0}
+    assert v["grader"] == "rules" and v["n_examples"] == 12 and v["k"] == 1
+
+
+def test_vilp_missing_position():
+    ok = {"benchmark": "vilp-p", "example_id": "0-1", "sample_index": 0, "correct": True, "meta": {"position": 1}}
+    assert vilp_scores("vilp-p", [ok], "rules")["score"] is None  # no position 2/3 rows: no Score
+    bad = {**ok, "example_id": "0-2", "meta": {}}
+    with pytest.raises(VigosError, match=r"vilp-p example '0-2': meta.position is None"):
+        vilp_scores("vilp-p", [ok, bad], "rules")
+
+
+def test_mean_over_present_main_benchmarks_only():
+    data = rows("mmmu", {"q1": [1, 0], "q2": [0, 0]})  # 50 / 25
+    data += rows("cv-bench", {"a": [1, 1]}, {"type": "2D"})  # 100 / 100
+    data += rows("synthetic", {"x": [1, 1]})  # not one of the eight
+    data += [{"benchmark": "vilp-f", "example_id": "0-1", "sample_index": 0, "correct": False,
+              "meta": {"position": 1}}]
+    out = compute_scores(data, "rules")
+    assert list(out["benchmarks"]) == ["mmmu", "cv-bench", "synthetic"]  # model-card order first
+    assert out["mean"]["pass_at_k"] == 75.0 and out["mean"]["avg_at_k"] == 62.5
+    assert out["mean"]["benchmarks"] == ["mmmu", "cv-bench"]
+    assert set(out["mean"]["missing"]) == set(MAIN_BENCHMARKS) - {"mmmu", "cv-bench"}
+    assert "vilp-f" in out["vilp"] and "vilp-f" not in out["benchmarks"]
+
+
+def test_grader_is_recorded():
+    data = rows("mmmu", {"q1": [1, 0]}, grader="judge") + rows("mmmu", {"q2": [0, 0]}, grader="rules")
+    data[-1]["judge_failed"] = data[-2]["judge_failed"] = True
+    s = compute_scores(data, "judge")["benchmarks"]["mmmu"]
+    assert s["grader"] == "judge" and s["graded_by"] == {"judge": 2, "rules": 2} and s["ungraded_by_judge"] == 1
+    assert compute_scores(data, "rules")["grader"] == "rules"
+
+
+def test_empty_mean():
+    out = compute_scores([], "rules")
+    assert out["benchmarks"] == {} and out["mean"]["pass_at_k"] is None and out["vilp"] == {}

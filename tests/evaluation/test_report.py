@@ -1,0 +1,38 @@
+"""The evaluation report: table values, the model card beside ours, a real PNG chart, HTML with it embedded."""
+
+from PIL import Image
+
+from vigos.evaluation.report import MODEL_CARD, write_report
+
+SCORES = {
+    "benchmarks": {
+        "mm-vet": {"n_examples": 8, "k": 5, "pass_at_k": 40.0, "avg_at_k": 20.0, "grader": "rules"},
+        "cv-bench": {"n_examples": 6, "k": 5, "pass_at_k": 70.0, "avg_at_k": 33.0, "grader": "rules"},
+    },
+    "mean": {"pass_at_k": 55.0, "avg_at_k": 26.5},
+    "vilp": {"vilp-f": {"score": 50.0, "prior": 80.0}},
+}
+BASE = {
+    "benchmarks": {"mm-vet": {"n_examples": 8, "k": 5, "pass_at_k": 30.0, "avg_at_k": 10.0}},
+    "mean": {"pass_at_k": 30.0, "avg_at_k": 10.0},
+    "vilp": {},
+}
+
+
+def test_report_files(tmp_path):
+    paths = write_report(SCORES, tmp_path, BASE, model="m")
+    md = paths.markdown.read_text()
+    assert "| mm-vet | 8 | 40.00 / 20.00 | 30.00 / 10.00 | 72.02 / 54.40 |" in md
+    assert "| cv-bench | 6 | 70.00 / 33.00 | - | 91.09 / 73.58 |" in md  # no baseline for it: a dash
+    assert "| mean |  | 55.00 / 26.50 | 30.00 / 10.00 | 75.60 / 50.99 |" in md
+    assert "| vilp-f | 50.00 / 80.00 | - | 62.67 / 97.00 |" in md
+    with Image.open(paths.chart) as im:
+        assert im.format == "PNG" and im.size[0] > 600
+    page = paths.html.read_text()
+    assert "data:image/png;base64," in page and "<td>mm-vet</td>" in page
+
+
+def test_model_card_numbers():
+    assert len(MODEL_CARD["benchmarks"]) == 8
+    passes = [p for p, _ in MODEL_CARD["benchmarks"].values()]
+    assert round(sum(passes) / 8, 2) == MODEL_CARD["mean"][0]  # the card's mean is the plain mean of the eight

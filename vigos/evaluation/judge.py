@@ -1,0 +1,231 @@
+"""LLM judge through any OpenAI-compatible endpoint (EVALUATION.md, "Grading").
+
+One call per question lists its k extracted answers and the reference and asks for one JSON verdict per answer:
+`{"verdicts": [true, false, ...]}`. Why this shape: the judge sees all attempts at once (k times fewer calls), and
+`any()` / Pass@k is recomputed locally from the verdicts, never taken from the judge.
+
+Failure policy (ours): a reply that is not valid JSON, or has the wrong number of verdicts, is retried like an
+HTTP error, with exponential back-off, `judge_max_retries` times. A question whose judge call finally failed gets
+`None` from `Judge.verdicts`: the caller keeps its rule grade and reports it as ungraded-by-judge. Failures are
+never cached and never counted as incorrect. Credentials that the endpoint rejects (401/403) or an unknown model
+or URL (404) raise `VigosError` at once: every other question would fail the same way.
+
+Replies are cached on disk, one JSON file per key (question, answers, reference, judge model, prompt version),
+written atomically, so a re-run (or a crashed run resumed) pays only for new questions. The API key is read from
+the environment variable NAMED in the config and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vigos.errors import VigosError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vigos.config import EvalConfig
+
+log = logging.getLogger(__name__)
+
+Verdict = bool | float
+"""True/False, or a partial credit in [0, 1] (MM-Vet-style judges)."""
+
+PROMPT_VERSION = "v1"  # part of the cache key: a changed prompt must not reuse old verdicts
+_BACKOFF_BASE_S = 1.0  # 1, 2, 4, 8 ... seconds between attempts
+_BACKOFF_MAX_S = 60.0
+_REQUEST_TIMEOUT_S = 120.0
+
+_SYSTEM = (
+    "You grade answers to a question against its reference answer. An answer is correct when it means the same "
+    "as the reference (equivalent numbers, expressions, option letters or option texts, synonyms); it is incorrect "
+    "when it differs, is incomplete, or hedges between several answers. Reply with JSON only, no prose: "
+    '{"verdicts": [one true or false per answer, in order]}.'
+)
+
+
+class JudgeReplyError(ValueError):
+    """The judge answered, but not with a usable verdict list (retried like a failed call)."""
+
+
+def build_messages(question: str, answers: Sequence[str], reference: str) -> list[dict[str, str]]:
+    """Chat messages asking for one verdict per answer."""
+    listed = "\n".join(f"{i + 1}. {a}" for i, a in enumerate(answers))
+    user = (
+        f"Question:\n{question}\n\nReference answer:\n{reference}\n\n"
+        f"Answers to grade ({len(answers)}):\n{listed}\n\n"
+        f'Reply exactly as {{"verdicts": [...]}} with {len(answers)} booleans.'
+    )
+    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S | re.I)
+
+
+def parse_verdicts(text: str | None, n: int) -> list[Verdict]:
+    """The `n` verdicts in a judge reply; JudgeReplyError when malformed or of the wrong count."""
+    if not text:
+        raise JudgeReplyError("empty reply")
+    s = text.strip()
+    fence = _FENCE.match(s)
+    if fence:
+        s = fence.group(1)
+    start, end = s.find("{"), s.rfind("}")  # tolerate a sentence around the JSON object
+    if start < 0 or end < start:
+        raise JudgeReplyError("no JSON object in the reply")
+    try:
+        data = json.loads(s[start : end + 1])
+    except json.JSONDecodeError as e:
+        raise JudgeReplyError(f"malformed JSON: {e}") from None
+    verdicts = data.get("verdicts") if isinstance(data, dict) else None
+    if not isinstance(verdicts, list):
+        raise JudgeReplyError('no "verdicts" list')
+    if len(verdicts) != n:
+        raise JudgeReplyError(f"{len(verdicts)} verdicts for {n} answers")
+    out: list[Verdict] = []
+    for v in verdicts:
+        if isinstance(v, bool):
+            out.append(v)
+        elif isinstance(v, int | float) and 0.0 <= v <= 1.0:
+            out.append(float(v))
+        else:
+            raise JudgeReplyError(f"verdict {v!r} is neither a boolean nor a score in [0, 1]")
+    return out
+
+
+def cache_key(question: str, answers: Sequence[str], reference: str, model: str) -> str:
+    payload = json.dumps([PROMPT_VERSION, model, question, list(answers), reference], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _make_client(cfg: EvalConfig) -> Any:
+    if not cfg.judge_base_url or not cfg.judge_model:
+        raise VigosError(
+            "the judge grader needs eval.judge_base_url and eval.judge_model "
+            "(e.g. --set eval.judge_base_url=http://host:8000/v1 --set eval.judge_model=NAME), or use --grader rules"
+        )
+    key = os.environ.get(cfg.judge_api_key_env)
+    if not key:
+        raise VigosError(
+            f"the judge's API key is read from ${cfg.judge_api_key_env}, which is unset: export it "
+            "(any non-empty value for an endpoint without auth) or change eval.judge_api_key_env"
+        )
+    import openai  # heavy-ish; only judge runs need it
+
+    # Retries are ours (counted, backed off, malformed replies included), so the client's own are off.
+    return openai.OpenAI(base_url=cfg.judge_base_url, api_key=key, max_retries=0, timeout=_REQUEST_TIMEOUT_S)
+
+
+class Judge:
+    """Grades the answers of one question per call; thread-safe (scoring runs several calls at once)."""
+
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        cache_dir: Path | None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        client: Any = None,
+    ) -> None:
+        self.model = cfg.judge_model
+        self.max_retries = cfg.judge_max_retries
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._client = client if client is not None else _make_client(cfg)
+        self._sleep = sleep  # injectable: tests must not wait for real back-off
+        self._lock = threading.Lock()
+        self.http_calls = 0
+        self.cache_hits = 0
+        self.failures = 0
+
+    # -- cache ----------------------------------------------------------------------------------------------
+    def _cache_path(self, key: str) -> Path | None:
+        return self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir is not None else None
+
+    def _cached(self, key: str, n: int) -> list[Verdict] | None:
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return parse_verdicts(json.dumps(json.loads(path.read_text())), n)
+        except (OSError, ValueError):  # unreadable or foreign file: ask again (and overwrite it)
+            return None
+
+    # -- calls ----------------------------------------------------------------------------------------------
+    def _ask(self, messages: list[dict[str, str]]) -> str | None:
+        with self._lock:
+            self.http_calls += 1
+        resp = self._client.chat.completions.create(model=self.model, messages=messages, temperature=0.0)
+        try:
+            return resp.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):  # a 200 without a choice: as bad as malformed JSON
+            raise JudgeReplyError("reply has no choices") from None
+
+    def verdicts(self, question: str, answers: Sequence[str | None], reference: str) -> list[Verdict] | None:
+        """One verdict per answer (None answers are False, never sent); None when the judge call failed."""
+        sent = [a for a in answers if a is not None]
+        if not sent:
+            return [False] * len(answers)
+        got = self._verdicts_for(question, sent, reference)
+        if got is None:
+            return None
+        it = iter(got)
+        return [next(it) if a is not None else False for a in answers]
+
+    def _verdicts_for(self, question: str, answers: list[str], reference: str) -> list[Verdict] | None:
+        import openai
+
+        key = cache_key(question, answers, reference, self.model)
+        cached = self._cached(key, len(answers))
+        if cached is not None:
+            with self._lock:
+                self.cache_hits += 1
+            return cached
+        messages = build_messages(question, answers, reference)
+        for attempt in range(self.max_retries + 1):
+            try:
+                reply = self._ask(messages)
+                verdicts = parse_verdicts(reply, len(answers))
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise VigosError(
+                    f"the judge at its base URL rejected the request ({type(e).__name__}, HTTP {e.status_code}): "
+                    "check eval.judge_base_url, eval.judge_model and the API key's environment variable"
+                ) from None
+            except (openai.APIError, JudgeReplyError) as e:
+                # Type and message only: the client's messages carry no credentials, and we never print headers.
+                log.warning(
+                    "judge attempt %d/%d failed: %s: %s", attempt + 1, self.max_retries + 1, type(e).__name__,
+                    str(e)[:200],
+                )
+                if attempt < self.max_retries:
+                    self._sleep(min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2**attempt))
+                continue
+            path = self._cache_path(key)
+            if path is not None:  # only validated replies reach the cache
+                entry = {"verdicts": verdicts, "model": self.model, "question": question, "answers": answers,
+                         "reference": reference}
+                write_json_atomic(path, entry)
+            return verdicts
+        with self._lock:
+            self.failures += 1
+        return None

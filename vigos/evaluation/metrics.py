@@ -1,0 +1,151 @@
+"""Pass@k / Avg@k and the Scores JSON (EVALUATION.md "Metrics", ARCHITECTURE.md "Contracts"). Pure, no I/O.
+
+Input: graded rows, each with `benchmark`, `example_id`, `correct` (bool, or a judged partial credit in [0, 1]) and
+optionally `meta`, `grader` (which grader decided this row) and `judge_failed`. Percentages are 0-100.
+
+Row `meta` conventions (the benchmark loaders write them):
+- ViLP (`vilp-*`): `{"position": 1 | 2 | 3}`; 1 is prior-consistent, 2 and 3 contradict the prior.
+- CV-Bench: `{"type": "2D" | "3D"}`; MMMU-Pro: `{"subset": "standard" | "vision"}`.
+`example_id` must be unique within a benchmark (MMMU-Pro's two subsets share one benchmark: prefix the ids).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from vigos.errors import VigosError
+
+MAIN_BENCHMARKS: tuple[str, ...] = (
+    "mm-vet", "mmmu", "mmmu-pro", "mathverse", "mathvista", "mmsi", "realworldqa", "cv-bench",
+)
+"""The eight columns of the model card's table; their unweighted mean is the "Mean" row (ViLP excluded)."""
+
+BREAKDOWNS: dict[str, str] = {"cv-bench": "type", "mmmu-pro": "subset"}
+"""Benchmark -> the `meta` key its official breakdown groups by (each group reported, plus their macro mean)."""
+
+VILP_PREFIX = "vilp"
+
+
+def is_vilp(benchmark: str) -> bool:
+    return benchmark.startswith(VILP_PREFIX)
+
+
+def _value(correct: Any) -> float:
+    # bool is an int: True -> 1.0; a judged partial credit keeps its value.
+    return float(correct)
+
+
+def pass_avg(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """`n_examples`, `k`, `pass_at_k`, `avg_at_k` (percent) of rows from one benchmark.
+
+    Pass@k: share of questions whose best sample is correct (max = any() for booleans; for partial credit the best
+    sample's value). Avg@k: sum of correctness over all samples / number of samples. `k` is the largest number of
+    samples a question has; `incomplete_examples` counts questions with fewer (a run still in progress).
+    """
+    by_q: dict[Any, list[float]] = defaultdict(list)
+    for r in rows:
+        by_q[r["example_id"]].append(_value(r["correct"]))
+    if not by_q:
+        return {"n_examples": 0, "k": 0, "pass_at_k": None, "avg_at_k": None}
+    n_samples = sum(len(v) for v in by_q.values())
+    k = max(len(v) for v in by_q.values())
+    out: dict[str, Any] = {
+        "n_examples": len(by_q),
+        "k": k,
+        "pass_at_k": 100.0 * sum(max(v) for v in by_q.values()) / len(by_q),
+        "avg_at_k": 100.0 * sum(sum(v) for v in by_q.values()) / n_samples,
+    }
+    incomplete = sum(1 for v in by_q.values() if len(v) < k)
+    if incomplete:
+        out["incomplete_examples"] = incomplete
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _grader_record(rows: Sequence[Mapping[str, Any]], grader: str) -> dict[str, Any]:
+    """Which grader produced the numbers: the configured one, rows per deciding grader, judge failures."""
+    rec: dict[str, Any] = {"grader": grader}
+    by = Counter(str(r["grader"]) for r in rows if r.get("grader"))
+    if by:
+        rec["graded_by"] = dict(sorted(by.items()))
+    if grader != "rules":
+        rec["ungraded_by_judge"] = len({r["example_id"] for r in rows if r.get("judge_failed")})
+    return rec
+
+
+def benchmark_scores(name: str, rows: Sequence[Mapping[str, Any]], grader: str) -> dict[str, Any]:
+    """Scores of one (non-ViLP) benchmark: pooled Pass@k / Avg@k plus its breakdown when it has one."""
+    out = pass_avg(rows)
+    out.update(_grader_record(rows, grader))
+    key = BREAKDOWNS.get(name)
+    if key:
+        groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in rows:
+            value = (r.get("meta") or {}).get(key)
+            if value is not None:  # rows without it still count in the pooled numbers
+                groups[str(value)].append(r)
+        parts = {g: pass_avg(groups[g]) for g in sorted(groups)}
+        out.update(parts)
+        if parts:
+            out["macro"] = {
+                "pass_at_k": _mean([p["pass_at_k"] for p in parts.values()]),
+                "avg_at_k": _mean([p["avg_at_k"] for p in parts.values()]),
+                key + "s": sorted(parts),
+            }
+    return out
+
+
+def vilp_scores(name: str, rows: Sequence[Mapping[str, Any]], grader: str) -> dict[str, Any]:
+    """ViLP Score = mean of the Pass@1 accuracies at positions 2 and 3; Prior = the accuracy at position 1.
+
+    Pass@1 with several samples is the mean over samples (its unbiased estimate); with one sample, the accuracy.
+    A position with no rows gives None (and so does Score when position 2 or 3 is missing).
+    """
+    by_pos: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        pos = (r.get("meta") or {}).get("position")
+        try:
+            p = int(pos)
+        except (TypeError, ValueError):
+            p = 0
+        if p not in (1, 2, 3):
+            raise VigosError(
+                f"{name} example {r['example_id']!r}: meta.position is {pos!r}, expected 1, 2 or 3 "
+                "(ViLP rows must carry meta: {\"position\": p}, p = item index % 3 + 1)"
+            )
+        by_pos[p].append(_value(r["correct"]))
+    acc = {p: (100.0 * sum(v) / len(v) if v else None) for p, v in ((p, by_pos.get(p, [])) for p in (1, 2, 3))}
+    a2, a3 = acc[2], acc[3]
+    pooled = pass_avg(rows)
+    return {
+        "score": (a2 + a3) / 2 if a2 is not None and a3 is not None else None,
+        "prior": acc[1],
+        "n_examples": pooled["n_examples"],
+        "k": pooled["k"],
+        "by_position": {str(p): {"n_examples": len(by_pos.get(p, [])), "accuracy": acc[p]} for p in (1, 2, 3)},
+        **_grader_record(rows, grader),
+    }
+
+
+def compute_scores(rows: Iterable[Mapping[str, Any]], grader: str) -> dict[str, Any]:
+    """The Scores JSON of graded rows from any number of benchmarks."""
+    by_bench: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_bench[str(r["benchmark"])].append(r)
+    order = [b for b in MAIN_BENCHMARKS if b in by_bench] + sorted(b for b in by_bench if b not in MAIN_BENCHMARKS)
+    benchmarks = {b: benchmark_scores(b, by_bench[b], grader) for b in order if not is_vilp(b)}
+    vilp = {b: vilp_scores(b, by_bench[b], grader) for b in order if is_vilp(b)}
+    present = [b for b in MAIN_BENCHMARKS if b in benchmarks]
+    mean = {
+        "pass_at_k": _mean([benchmarks[b]["pass_at_k"] for b in present]),
+        "avg_at_k": _mean([benchmarks[b]["avg_at_k"] for b in present]),
+        "benchmarks": present,
+        "missing": [b for b in MAIN_BENCHMARKS if b not in benchmarks],
+    }
+    return {"benchmarks": benchmarks, "mean": mean, "vilp": vilp, "grader": grader}
