@@ -17,15 +17,73 @@ app = typer.Typer(
 )
 
 
+IMAGES_ENV = Path("build/images.env")
+"""Written by `make images`: digest-pinned image names (VIGOS_CPU_IMAGE=..., VIGOS_GPU_IMAGE=...)."""
+
+
+def _load_images_env(path: Path) -> None:
+    """Pin the components' images before `components` is imported (they read the environment at import)."""
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                key, value = line.split("=", 1)
+                os.environ.setdefault(key.strip(), value.strip())
+
+
 @app.command("compile")
 def compile_cmd(
-    output: Path = typer.Option(Path("vigos-pipeline.yaml"), "--output", "-o", help="Where to write the YAML."),
+    output: Path = typer.Option(Path("build/vigos-pipeline.yaml"), "--output", "-o", help="Where to write the YAML."),
+    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
 ) -> None:
     """Compile the pipeline to a KFP v2 YAML (pipeline spec + Kubernetes platform spec)."""
+    _load_images_env(images_env)
     from pipeline.compile import compile_pipeline
 
     path = compile_pipeline(output)
     typer.echo(f"wrote {path}")
+
+
+def _submit(params_file: Path | None, override: list[str], experiment: str, run_name: str | None,
+            cron: str | None, images_env: Path) -> None:
+    _load_images_env(images_env)
+    from pipeline.compile import compile_pipeline
+    from pipeline.pipeline import PIPELINE_NAME
+    from pipeline.submit import resolve_parameters, submit
+
+    package = compile_pipeline(Path("build/vigos-pipeline.yaml"))
+    params = resolve_parameters(package, params_file, override)  # fails before anything is sent
+    s = submit(package, params, experiment=experiment, pipeline_name=PIPELINE_NAME, run_name=run_name, cron=cron)
+    kind = "recurring run" if s.recurring else "run"
+    typer.echo(f"pipeline {PIPELINE_NAME} version {s.version_id}; {kind} {s.run_id} in experiment {experiment}")
+    typer.echo(s.url)
+
+
+PARAMS_HELP = "YAML file of pipeline parameters (see configs/pipeline-params.example.yaml)."
+
+
+@app.command("submit")
+def submit_cmd(
+    params: Path | None = typer.Option(None, "--params", "-p", help=PARAMS_HELP),
+    override: list[str] = typer.Option([], "--set", help="Pipeline parameter `name=value` (repeatable)."),
+    experiment: str = typer.Option("vigos", help="KFP experiment to run in."),
+    run_name: str | None = typer.Option(None, help="Run name (default: pipeline version name)."),
+    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+) -> None:
+    """Compile, upload a new pipeline version and start a run (KF_PIPELINES_ENDPOINT / _NAMESPACE / _TOKEN)."""
+    _submit(params, override, experiment, run_name, None, images_env)
+
+
+@app.command("schedule")
+def schedule_cmd(
+    cron: str = typer.Option(..., help="Cron schedule, 6 fields with seconds, e.g. '0 0 2 * * 1' (Mondays 02:00)."),
+    params: Path | None = typer.Option(None, "--params", "-p", help=PARAMS_HELP),
+    override: list[str] = typer.Option([], "--set", help="Pipeline parameter `name=value` (repeatable)."),
+    experiment: str = typer.Option("vigos", help="KFP experiment to run in."),
+    run_name: str | None = typer.Option(None, help="Recurring run name (default: pipeline version name)."),
+    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+) -> None:
+    """Compile, upload a new pipeline version and create a recurring run (one at a time, no catch-up)."""
+    _submit(params, override, experiment, run_name, cron, images_env)
 
 
 @app.command("run-local")

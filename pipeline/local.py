@@ -159,7 +159,7 @@ def run_local(
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             vigos_pipeline(
                 preset=preset, dataset_source=str(data_dir), base_model=str(model_dir), eval_sources=sources,
-                config_overrides=overrides,
+                checkpoint_root=str(home / "checkpoints"), config_overrides=overrides,
             )
     except Exception as e:  # kfp.local raises on a failed task only with raise_on_error=True; be safe anyway
         console.print(f"[red]pipeline failed:[/] {e}")
@@ -170,6 +170,8 @@ def run_local(
             step_log.close()
     _done(t0, f"full log: {log_path}" if not verbose else "")
     parent, kfp_run_id, steps = _find_run(cfg.tracking.experiment, started_ms)
+    # the exit handler closed the parent run with the DAG's final state; a step's own run says FINISHED/FAILED
+    ok = ok and parent is not None and parent.info.status == "FINISHED"
     ok = ok and bool(steps) and all(s.info.status == "FINISHED" for s in steps)
     _summary(steps, parent, outputs, ok, step_log.durations if step_log else {})
     return LocalRun(ok=ok, parent_run_id=parent.info.run_id if parent else None, kfp_run_id=kfp_run_id,
@@ -218,7 +220,8 @@ def _summary(steps, parent, outputs: Path, ok: bool, durations: dict[str, float]
     table = Table(title="ViGOS local run", show_lines=False)
     for col in ("step", "status", "time", "key metric"):
         table.add_column(col)
-    for run in steps:
+    order = list(KEY_METRICS)  # the DAG's order, whatever order the steps started in
+    for run in sorted(steps, key=lambda r: order.index(n) if (n := r.data.tags.get(TAG_STEP)) in order else 99):
         name = run.data.tags.get(TAG_STEP, run.info.run_name)
         # the step's wall time as the DAG saw it (process start, imports, work); else the MLflow run's
         secs = durations.get(name) or ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000

@@ -10,14 +10,33 @@ from kfp import dsl, kubernetes
 from components.evaluate import eval_report, evaluate_base, evaluate_model
 from components.finalize_run import finalize_run
 from components.merge import merge
-from components.prepare_data import prepare_data
+from components.prepare_data import prepare_data, record_data_stats
 from components.train import train
 
 PIPELINE_NAME = "vigos"
+# Names of the cluster objects the steps use (k8s/base defines them; k8s/README.md says how to fill the secrets).
 HF_TOKEN_SECRET = "vigos-hf-token"
 """Kubernetes Secret (key `token`) read as HF_TOKEN by steps that download from or upload to the Hub."""
+MLFLOW_CONFIG_MAP = "vigos-mlflow"
+"""ConfigMap whose key `tracking_uri` becomes MLFLOW_TRACKING_URI in every step."""
+MLFLOW_CREDENTIALS_SECRET = "vigos-mlflow-credentials"
+CACHE_PVC = "vigos-cache"
+CACHE_MOUNT = "/mnt/vigos"
+"""The shared volume: training checkpoints (resume after a retry) and the Hugging Face cache (HF_HOME, set in the
+images), so a 7B model is downloaded once per cluster, not once per step."""
+GPU_RETRY = dict(num_retries=2, backoff_duration="120s", backoff_factor=2.0, backoff_max_duration="3600s")
 DEFAULT_GPU_NODE_SELECTOR = {"vigos.dev/gpu-pool": "a100"}
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def in_cluster(task):
+    """Every step: the shared volume and MLflow's location/credentials from the cluster (none as parameters)."""
+    kubernetes.mount_pvc(task, pvc_name=CACHE_PVC, mount_path=CACHE_MOUNT)
+    kubernetes.use_config_map_as_env(task, MLFLOW_CONFIG_MAP, {"tracking_uri": "MLFLOW_TRACKING_URI"})
+    kubernetes.use_secret_as_env(task, MLFLOW_CREDENTIALS_SECRET,
+                                 {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
+                                 optional=True)
+    return task
 
 
 def on_gpu_pool(task, gpus, node_selector, tolerations):
@@ -28,6 +47,7 @@ def on_gpu_pool(task, gpus, node_selector, tolerations):
     kubernetes.add_toleration_json(task, tolerations)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="64Gi")
     kubernetes.use_secret_as_env(task, HF_TOKEN_SECRET, {"token": "HF_TOKEN"}, optional=True)
+    task.set_retry(**GPU_RETRY)  # resume makes a retry cheap: a preempted pod continues from its checkpoint
     return task
 
 
@@ -45,7 +65,7 @@ def vigos_pipeline(
     train_gpus: int = 8,
     gpu_node_selector: dict = DEFAULT_GPU_NODE_SELECTOR,
     gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
-    checkpoint_root: str = "",
+    checkpoint_root: str = f"{CACHE_MOUNT}/checkpoints",
     eval_benchmarks: list = [],  # noqa: B006 - KFP reads defaults from the signature
     eval_sources: list = [],  # noqa: B006
     eval_gpus: int = 8,
@@ -63,7 +83,7 @@ def vigos_pipeline(
         train_gpus: GPUs for the training pod (one DeepSpeed process each); the model card used 8 A100s.
         gpu_node_selector: Node labels that select the GPU node pool for training and evaluation.
         gpu_tolerations: Tolerations for the GPU pool's taints (Kubernetes toleration objects).
-        checkpoint_root: Folder on a persistent volume for training checkpoints (a retried pod resumes from it); empty = local `.vigos/checkpoints`.
+        checkpoint_root: Folder on the shared volume for training checkpoints (a retried pod resumes from them).
         eval_benchmarks: Benchmarks to evaluate (names from the registry); empty = the preset's (the eight + ViLP-F/P).
         eval_sources: `benchmark=path` entries pointing benchmarks at local copies (default: the Hub).
         eval_gpus: GPUs per evaluation pod (data-parallel generation, one process each).
@@ -77,17 +97,22 @@ def vigos_pipeline(
     )
     exit_task = finalize_run(**context)
     exit_task.set_display_name("record final status in MLflow")
-    exit_task.set_caching_options(False)
+    tasks = [exit_task]
 
     with dsl.ExitHandler(exit_task, name="vigos-run"):
         prep = prepare_data(
+            preset=preset,
+            config_overrides=config_overrides,
             dataset_source=dataset_source,
             dataset_split=dataset_split,
             max_samples=max_samples,
-            **context,
         )
         prep.set_display_name("data prep")
-        prep.set_cpu_request("4").set_memory_request("16G").set_memory_limit("32G")
+        prep.set_caching_options(True)  # no run id among its inputs: unchanged inputs reuse the last result
+        prep.set_cpu_request("8").set_memory_request("32G").set_memory_limit("64G")
+        stats = record_data_stats(dataset=prep.outputs["dataset"], **context)
+        stats.set_display_name("record data stats in MLflow")
+        tasks += [prep, stats]
 
         trained = train(
             dataset=prep.outputs["dataset"],
@@ -99,11 +124,13 @@ def vigos_pipeline(
             **context,
         )
         trained.set_display_name("ViGOS training")
+        tasks.append(trained)
         trained.set_cpu_request("32").set_memory_request("400G").set_memory_limit("900G")
         on_gpu_pool(trained, train_gpus, gpu_node_selector, gpu_tolerations)
 
         merged = merge(adapter=trained.outputs["adapter"], base_model=base_model, **context)
         merged.set_display_name("LoRA merge")
+        tasks.append(merged)
         # a 7B merge holds the base, the adapter-on copy and the reloaded model on CPU in bf16
         merged.set_cpu_request("8").set_memory_request("64G").set_memory_limit("128G")
 
@@ -119,3 +146,9 @@ def vigos_pipeline(
         report = eval_report(model_eval=model_eval.outputs["evaluation"], base_eval=base_eval.outputs["evaluation"],
                              **context)
         report.set_display_name("evaluation report")
+        tasks += [base_eval, model_eval, report]
+
+    for task in tasks:
+        in_cluster(task)
+        if task is not prep:
+            task.set_caching_options(False)  # they log to this run's MLflow run (and train/publish must re-run)

@@ -73,12 +73,19 @@ def prepare_data(
     dataset_split: str = "",
     max_samples: int = -1,
 ) -> StepResult:
-    """Data prep. Empty strings / -1 keep the preset's value; max_samples 0 keeps every row."""
-    import mlflow
+    """Data prep. Empty strings / -1 keep the preset's value; max_samples 0 keeps every row.
 
+    No MLflow here, and no run id among its inputs: the step is cached by KFP when its inputs are unchanged, and
+    a run id would make every input set new. `record_data_stats` (never cached) logs the result of every run.
+    """
     from vigos.data.prepare import prepare
-    from vigos.tracking import log_metrics, step_run
 
+    cfg = ctx.config(_data_values(dataset_source, dataset_split, max_samples))
+    stats = prepare(cfg.data, output_dir)
+    return StepResult(metrics=_prep_metrics(stats), markdown=_prep_markdown(cfg, stats))
+
+
+def _data_values(dataset_source: str, dataset_split: str, max_samples: int) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if dataset_source:
         values["data.source"] = dataset_source
@@ -86,14 +93,26 @@ def prepare_data(
         values["data.split"] = dataset_split
     if max_samples >= 0:
         values["data.max_samples"] = max_samples or None
-    cfg = ctx.config(values)
-    params = {f"data.{k}": v for k, v in cfg.to_dict()["data"].items()} | {"preset": cfg.preset}
+    return values
+
+
+@_one_line_errors
+def record_data_stats(ctx: StepContext, dataset_dir: str) -> None:
+    """Log the prepared dataset's stats to this run's `prepare-data` MLflow run (also after a cache hit)."""
+    import mlflow
+
+    from vigos.data.prepare import DROPS_FILE, STATS_FILE
+    from vigos.tracking import log_metrics, step_run
+
+    cfg = ctx.config()
+    stats = json.loads((Path(dataset_dir) / STATS_FILE).read_text())
+    params = {"data.source": stats["source"], "data.split": stats["split"]}
+    params |= {f"data.{k}": v for k, v in stats.get("config", {}).items()} | {"preset": cfg.preset}
     with step_run("prepare-data", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):
-        stats = prepare(cfg.data, output_dir)
-        metrics = _prep_metrics(stats)
-        log_metrics(metrics)
-        mlflow.log_dict(stats, "stats.json")
-    return StepResult(metrics=metrics, markdown=_prep_markdown(cfg, stats))
+        log_metrics(_prep_metrics(stats))
+        mlflow.log_dict(stats, STATS_FILE)
+        if (Path(dataset_dir) / DROPS_FILE).exists():
+            mlflow.log_artifact(str(Path(dataset_dir) / DROPS_FILE))
 
 
 def _prep_metrics(stats: dict[str, Any]) -> dict[str, float]:
