@@ -37,8 +37,76 @@ lint: install  ## Static checks
 compile-pipeline: install  ## Compile the KFP pipeline YAML to $(PIPELINE_YAML)
 	$(BIN)/python -m pipeline compile --output $(PIPELINE_YAML)
 
-bench: install  ## CPU benchmarks (ratios measured side by side)
+bench: install  ## CPU benchmarks (ratios measured side by side; GPU runs: see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/data_prep.py
+	$(BIN)/python benchmarks/kl_memory.py --device cpu --vocab 8192 --hidden 256 --tokens 512 1024 --chunk-size 64 auto
+	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/train_step.py
 
 clean:  ## Remove local run state (keeps .venv)
 	rm -rf .vigos build .pytest_cache
+
+# --- cluster ------------------------------------------------------------------------------------------------------
+# KF_PIPELINES_ENDPOINT (required), KF_PIPELINES_NAMESPACE and KF_PIPELINES_TOKEN come from the environment.
+PARAMS ?= configs/pipeline-params.example.yaml
+EXPERIMENT ?= vigos
+CRON ?= 0 0 2 * * 1
+
+.PHONY: submit-pipeline schedule-pipeline
+
+submit-pipeline: install  ## Compile, upload a new version and start a run (PARAMS=file.yaml, EXPERIMENT=name)
+	$(BIN)/python -m pipeline submit --params $(PARAMS) --experiment $(EXPERIMENT)
+
+schedule-pipeline: install  ## Same, as a recurring run (CRON='0 0 2 * * 1': Mondays 02:00, seconds first)
+	$(BIN)/python -m pipeline schedule --params $(PARAMS) --experiment $(EXPERIMENT) --cron '$(CRON)'
+
+# ---- Images and cluster manifests (docker/, k8s/) -------------------------------------------------------------
+# `make images REGISTRY=registry.example.com/vigos` builds and pushes the three images, then writes
+# $(IMAGES_ENV) with their digest-pinned names (VIGOS_CPU_IMAGE, VIGOS_GPU_IMAGE, VIGOS_MLFLOW_IMAGE).
+# compile-pipeline reads build/images.env (components/images.py takes VIGOS_CPU_IMAGE / VIGOS_GPU_IMAGE from the
+# environment), so a compiled pipeline runs exactly the pushed images.
+REGISTRY ?=
+TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+DOCKER ?= docker
+PLATFORM ?= linux/amd64
+IMAGES_ENV ?= build/images.env
+OVERLAY ?= k8s/overlays/a100
+MANIFESTS_YAML ?= build/manifests.yaml
+MLFLOW_VERSION := 3.17.2
+# name:dockerfile:tag:variable written to $(IMAGES_ENV)
+IMAGE_SPECS := vigos-cpu:docker/cpu.Dockerfile:$(TAG):VIGOS_CPU_IMAGE \
+               vigos-cuda:docker/cuda.Dockerfile:$(TAG):VIGOS_GPU_IMAGE \
+               vigos-mlflow:docker/mlflow.Dockerfile:$(MLFLOW_VERSION)-$(TAG):VIGOS_MLFLOW_IMAGE
+
+.PHONY: images lint-docker manifests docker-requirements
+
+images:  ## Build + push the images (REGISTRY=..., TAG=git describe), write build/images.env with digests
+	@test -n "$(REGISTRY)" || { echo "images: set REGISTRY, e.g. make images REGISTRY=ghcr.io/you" >&2; exit 2; }
+	@mkdir -p $(dir $(IMAGES_ENV))
+	@set -e; tmp=$(IMAGES_ENV).tmp; : > $$tmp; \
+	for spec in $(IMAGE_SPECS); do \
+	  IFS=: read -r name file tag var <<< "$$spec"; ref=$(REGISTRY)/$$name:$$tag; \
+	  echo "==> $$ref ($$file)"; \
+	  $(DOCKER) build --platform $(PLATFORM) -f $$file -t $$ref . ; \
+	  $(DOCKER) push $$ref; \
+	  digest=$$($(DOCKER) buildx imagetools inspect $$ref --format '{{json .Manifest.Digest}}' | tr -d '"'); \
+	  case $$digest in sha256:*) ;; *) echo "images: no digest for $$ref" >&2; exit 1;; esac; \
+	  echo "$$var=$(REGISTRY)/$$name@$$digest" >> $$tmp; \
+	done; mv $$tmp $(IMAGES_ENV); echo "==> $(IMAGES_ENV):"; cat $(IMAGES_ENV)
+
+images: SHELL := /bin/bash
+
+lint-docker: install  ## hadolint docker/*.Dockerfile (config: .hadolint.yaml)
+	$(BIN)/hadolint --config .hadolint.yaml docker/*.Dockerfile
+
+manifests:  ## Render the A100 overlay to build/manifests.yaml (MLflow image from build/images.env if present)
+	@mkdir -p $(dir $(MANIFESTS_YAML))
+	kubectl kustomize $(OVERLAY) > $(MANIFESTS_YAML)
+	@if [ -f $(IMAGES_ENV) ] && grep -q '^VIGOS_MLFLOW_IMAGE=' $(IMAGES_ENV); then \
+	  img=$$(sed -n 's/^VIGOS_MLFLOW_IMAGE=//p' $(IMAGES_ENV)); \
+	  sed -i "s#image: vigos/vigos-mlflow:$(MLFLOW_VERSION)#image: $$img#" $(MANIFESTS_YAML); \
+	  echo "MLflow image: $$img"; fi
+	@echo "wrote $(MANIFESTS_YAML): kubectl apply -f $(MANIFESTS_YAML) -l 'vigos.dev/secret-template!=true'"
+
+docker-requirements: install  ## Re-pin docker/requirements-*.txt from the tested .venv
+	$(BIN)/python docker/lock_requirements.py

@@ -20,6 +20,11 @@ HF_TOKEN_SECRET = "vigos-hf-token"
 MLFLOW_CONFIG_MAP = "vigos-mlflow"
 """ConfigMap whose key `tracking_uri` becomes MLFLOW_TRACKING_URI in every step."""
 MLFLOW_CREDENTIALS_SECRET = "vigos-mlflow-credentials"
+JUDGE_SECRET = "vigos-judge"
+"""Secret (key `api_key`) for the optional LLM judge, read as the env var named by `eval.judge_api_key_env`."""
+SERVICE_ACCOUNT = "vigos-pipeline-runner"
+"""The service account runs are submitted with (k8s/base/rbac.yaml)."""
+IMAGE_UID = 1000
 CACHE_PVC = "vigos-cache"
 CACHE_MOUNT = "/mnt/vigos"
 """The shared volume: training checkpoints (resume after a retry) and the Hugging Face cache (HF_HOME, set in the
@@ -36,6 +41,7 @@ def in_cluster(task):
     kubernetes.use_secret_as_env(task, MLFLOW_CREDENTIALS_SECRET,
                                  {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
                                  optional=True)
+    kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
     return task
 
 
@@ -143,6 +149,7 @@ def vigos_pipeline(
         for task in (base_eval, model_eval):
             task.set_cpu_request("32").set_memory_request("200G").set_memory_limit("400G")
             on_gpu_pool(task, eval_gpus, gpu_node_selector, gpu_tolerations)
+            kubernetes.use_secret_as_env(task, JUDGE_SECRET, {"api_key": "VIGOS_JUDGE_API_KEY"}, optional=True)
         report = eval_report(model_eval=model_eval.outputs["evaluation"], base_eval=base_eval.outputs["evaluation"],
                              **context)
         report.set_display_name("evaluation report")

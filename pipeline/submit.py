@@ -5,6 +5,7 @@ Where and who come from the environment, never from the command line or the repo
     KF_PIPELINES_ENDPOINT   the KFP API/UI URL, e.g. https://kubeflow.example.com/pipeline (required)
     KF_PIPELINES_NAMESPACE  the profile namespace of multi-user installs (default: kubeflow)
     KF_PIPELINES_TOKEN      a bearer token, when the endpoint needs one (e.g. `kubectl create token ...`)
+    KF_PIPELINES_SERVICE_ACCOUNT  the runs' service account (default: vigos-pipeline-runner, k8s/base/rbac.yaml)
 
 Run parameters come from a YAML file (a mapping of pipeline parameters) and `key=value` overrides; every name and
 type is checked against the compiled pipeline before anything is sent.
@@ -26,6 +27,7 @@ from vigos.errors import VigosError
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
+SERVICE_ACCOUNT_ENV = "KF_PIPELINES_SERVICE_ACCOUNT"
 _KFP_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool, "LIST": list,
               "STRUCT": dict}
 
@@ -122,14 +124,17 @@ def submit(
     exp = client.create_experiment(experiment, namespace=namespace)
     prefix = client._get_url_prefix()  # the UI URL kfp itself prints links with
     job_name = run_name or version_name
+    from pipeline.pipeline import SERVICE_ACCOUNT
+
+    account = os.environ.get(SERVICE_ACCOUNT_ENV) or SERVICE_ACCOUNT
     if cron:
         rec = client.create_recurring_run(
             exp.experiment_id, job_name, cron_expression=cron, params=params, pipeline_id=pipeline_id,
-            version_id=version_id, max_concurrency=1, no_catchup=True, enabled=True,
+            version_id=version_id, max_concurrency=1, no_catchup=True, enabled=True, service_account=account,
         )
         return Submission(pipeline_id, version_id, exp.experiment_id, rec.recurring_run_id,
                           f"{prefix}/#/recurringrun/details/{rec.recurring_run_id}", True)
     run = client.run_pipeline(exp.experiment_id, job_name, params=params, pipeline_id=pipeline_id,
-                              version_id=version_id)
+                              version_id=version_id, service_account=account)
     return Submission(pipeline_id, version_id, exp.experiment_id, run.run_id,
                       f"{prefix}/#/runs/details/{run.run_id}", False)

@@ -140,6 +140,21 @@ class EvalConfig:
 
 
 @dataclass
+class PublishConfig:
+    """MLflow registry gate and Hugging Face Hub upload."""
+
+    registered_model: str = "vigos-qwen2.5-vl-7b"
+    gate_metric: str = "mean.pass_at_k"
+    """Score (scores.json, flattened) that must beat the current champion's for the `champion` alias to move."""
+    hub_repo_id: str = ""
+    """Hub repository to upload the merged model to; empty: dry run (the exact folder is written, nothing sent)."""
+    hub_private: bool = True
+    hub_token_env: str = "HF_TOKEN"
+    """Name of the environment variable holding the Hub token (a Kubernetes Secret in the cluster)."""
+    license: str = "apache-2.0"
+
+
+@dataclass
 class TrackingConfig:
     experiment: str = "vigos"
     """MLflow experiment; the tracking URI comes from MLFLOW_TRACKING_URI (local default: SQLite under .vigos/)."""
@@ -153,6 +168,7 @@ class VigosConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +201,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "sample_log_steps": 2,
         },
         "eval": {"n_samples": 5, "max_new_tokens": 48, "batch_size": 16, "max_examples": 8},
+        "publish": {"registered_model": "vigos-tiny-demo"},
         "tracking": {"experiment": "vigos-local"},
     },
 }

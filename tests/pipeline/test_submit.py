@@ -142,6 +142,7 @@ def test_submit_uploads_a_version_and_starts_a_run(kfp_api, monkeypatch, tmp_pat
     (exp,) = kfp_api.experiments.values()
     assert exp["display_name"] == "nightly" and exp["namespace"] == "team-ml"
     assert run["experiment_id"] == exp["experiment_id"]
+    assert run["service_account"] == "vigos-pipeline-runner"
     assert all(r["auth"] == "Bearer test-token" for r in kfp_api.requests)
     assert f"/#/runs/details/{run['run_id']}" in result.output.strip().splitlines()[-1]
 

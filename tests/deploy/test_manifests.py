@@ -1,0 +1,263 @@
+"""k8s/: the kustomizations render, every object validates against Kubernetes 1.30 (strict schema), and the
+objects the pipeline names exist with the properties it relies on."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import pipeline as dag
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+KUBECTL = shutil.which("kubectl")
+VALIDATE = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent)) or shutil.which(
+    "kubernetes-validate")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) not on PATH: cannot render k8s/")
+PLACEHOLDER = re.compile(r"^(REPLACE_ME.*|)$")
+IN_CLUSTER_HOSTS = ["mlflow", "mlflow.vigos", "mlflow.vigos.svc", "mlflow.vigos.svc.cluster.local"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _render(path: Path) -> str:
+    result = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module", params=["base", "overlays/a100"])
+def rendered(request):
+    if KUBECTL is None:
+        pytest.skip("kubectl (with kustomize) not on PATH: cannot render k8s/")
+    text = _render(K8S / request.param)
+    return text, [d for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.fixture(scope="module")
+def a100():
+    if KUBECTL is None:
+        pytest.skip("kubectl (with kustomize) not on PATH: cannot render k8s/")
+    return [d for d in yaml.safe_load_all(_render(K8S / "overlays/a100")) if d]
+
+
+def _get(docs, kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} objects"
+    return found[0]
+
+
+def _pod_specs(docs):
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
+            yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
+
+
+def _mlflow_container(docs):
+    spec = _get(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]
+    return spec, next(c for c in spec["containers"] if c["name"] == "mlflow")
+
+
+def _args(container) -> dict[str, str]:
+    return dict(a.split("=", 1) if "=" in a else (a, "") for a in container["args"])
+
+
+def _validate(path: Path, n_docs: int):
+    if VALIDATE is None:
+        pytest.skip("kubernetes-validate not installed: `pip install -e '.[dev]'`")
+    result = subprocess.run([VALIDATE, "-k", "1.30.0", "--strict", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    out = (result.stdout + result.stderr).splitlines()
+    # it exits 0 on some errors (e.g. an unknown version): judge by what it prints
+    problems = [ln for ln in out if not re.match(r"INFO .* passed for resource .* against version 1\.30$", ln)]
+    assert result.returncode == 0 and not problems and len(out) == n_docs, "\n".join(out)
+
+
+def test_every_rendered_object_validates_strictly_against_kubernetes_1_30(rendered, tmp_path):
+    text, docs = rendered
+    (tmp_path / "rendered.yaml").write_text(text)
+    _validate(tmp_path / "rendered.yaml", len(docs))
+
+
+def test_one_off_jobs_validate():
+    for path in sorted((K8S / "jobs").glob("*.yaml")):
+        _validate(path, len([d for d in yaml.safe_load_all(path.read_text()) if d]))
+
+
+def test_the_names_the_pipeline_uses_exist(rendered):
+    _, docs = rendered
+    assert _get(docs, "Namespace", "vigos")
+    for d in docs:
+        if d["kind"] not in ("Namespace", "PriorityClass"):
+            assert d["metadata"]["namespace"] == "vigos", d["metadata"]["name"]
+    assert _get(docs, "ServiceAccount", "vigos-pipeline-runner")
+    cache = _get(docs, "PersistentVolumeClaim", dag.CACHE_PVC)
+    assert cache["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert _get(docs, "ConfigMap", dag.MLFLOW_CONFIG_MAP)["data"] == {
+        "tracking_uri": "http://mlflow.vigos.svc.cluster.local:5000"}
+    secrets = {dag.HF_TOKEN_SECRET: {"token"}, dag.MLFLOW_CREDENTIALS_SECRET: {"username", "password"},
+               "vigos-judge": {"api_key"}, "mlflow-postgres": {"password"}}
+    for name, keys in secrets.items():
+        secret = _get(docs, "Secret", name)
+        assert set(secret.get("stringData", {})) | set(secret.get("data", {})) == keys, name
+    assert _get(docs, "PriorityClass", "vigos-training")["globalDefault"] is False
+    quota = _get(docs, "ResourceQuota", "vigos-quota")["spec"]["hard"]
+    assert {"requests.nvidia.com/gpu", "requests.cpu", "requests.memory", "persistentvolumeclaims"} <= set(quota)
+    service = _get(docs, "Service", "mlflow")
+    assert [p["port"] for p in service["spec"]["ports"]] == [5000]
+    assert _get(docs, "Service", "mlflow-postgres")
+    assert _get(docs, "StatefulSet", "mlflow-postgres")["spec"]["volumeClaimTemplates"]
+    assert _get(docs, "PersistentVolumeClaim", "mlflow-artifacts")
+
+
+def test_the_runner_role_reads_only_the_pipelines_own_secrets_and_configmap(rendered):
+    _, docs = rendered
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    rules = _get(docs, "Role", "vigos-pipeline-runner")["rules"]
+    granted = {(r["resources"][0], n) for r in rules for n in r["resourceNames"]}
+    assert granted == {("secrets", dag.HF_TOKEN_SECRET), ("secrets", dag.MLFLOW_CREDENTIALS_SECRET),
+                       ("secrets", "vigos-judge"), ("configmaps", dag.MLFLOW_CONFIG_MAP)}
+    assert all(r["verbs"] == ["get"] and len(r["resources"]) == 1 for r in rules)
+    binding = _get(docs, "RoleBinding", "vigos-pipeline-runner")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vigos-pipeline-runner", "namespace": "vigos"}]
+
+
+def test_no_secret_carries_a_real_value(rendered):
+    _, docs = rendered
+    for d in docs:
+        if d["kind"] == "Secret":
+            assert not d.get("data"), d["metadata"]["name"]
+            for key, value in d.get("stringData", {}).items():
+                assert PLACEHOLDER.match(value), f"{d['metadata']['name']}.{key} is not a placeholder"
+            assert d["metadata"]["labels"]["vigos.dev/secret-template"] == "true"
+
+
+def test_mlflow_server_allows_the_in_cluster_names_and_reads_the_db_password_from_the_secret(rendered):
+    _, docs = rendered
+    spec, container = _mlflow_container(docs)
+    assert container["command"] == ["mlflow", "server"]
+    args = _args(container)
+    hosts = set(args["--allowed-hosts"].split(","))
+    assert {*IN_CLUSTER_HOSTS, *(f"{h}:5000" for h in IN_CLUSTER_HOSTS)} <= hosts
+    assert args["--port"] == "5000" and "--workers" in args and "--serve-artifacts" in args
+    assert args["--artifacts-destination"] == "/mlflow/artifacts"
+    uri = args["--backend-store-uri"]
+    assert re.fullmatch(r"postgresql://mlflow@mlflow-postgres:5432/mlflow", uri), uri  # no password in the URI
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-postgres", "key": "password"}
+    db = _get(docs, "StatefulSet", "mlflow-postgres")["spec"]["template"]["spec"]["containers"][0]
+    db_env = {e["name"]: e for e in db["env"]}
+    assert db_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-postgres", "key": "password"}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health"
+    assert spec["enableServiceLinks"] is False  # else MLFLOW_PORT=tcp://... reaches `mlflow server`
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/mlflow/artifacts"]]["persistentVolumeClaim"]["claimName"] == "mlflow-artifacts"
+
+
+def test_every_container_runs_non_root_with_resource_limits(rendered):
+    _, docs = rendered
+    specs = list(_pod_specs(docs))
+    assert {name for name, _ in specs} == {"Deployment/mlflow", "StatefulSet/mlflow-postgres"}
+    for name, spec in specs:
+        pod_sc = spec.get("securityContext", {})
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = {**pod_sc, **c.get("securityContext", {})}
+            assert sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) > 0, f"{name}/{c['name']}"
+            assert sc.get("allowPrivilegeEscalation") is False and sc["capabilities"]["drop"] == ["ALL"]
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), f"{name}/{c['name']}"
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]), f"{name}/{c['name']}"
+            assert re.search(r":[\w.-]+$|@sha256:", c["image"]) and not c["image"].endswith(":latest"), c["image"]
+
+
+def test_the_cache_init_job_is_the_only_root_container_and_only_chowns():
+    job = yaml.safe_load((K8S / "jobs/cache-init.yaml").read_text())
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER"]}
+    assert c["volumeMounts"] == [{"name": "cache", "mountPath": dag.CACHE_MOUNT}]
+    assert "chown 1000:1000" in c["command"][-1] and {"cpu", "memory"} <= set(c["resources"]["limits"])
+
+
+def test_a100_overlay_sets_the_pool_specifics(a100):
+    cache = _get(a100, "PersistentVolumeClaim", dag.CACHE_PVC)["spec"]
+    assert cache["storageClassName"] and cache["resources"]["requests"]["storage"] == "2Ti"
+    assert _get(a100, "ResourceQuota", "vigos-quota")["spec"]["hard"]["requests.nvidia.com/gpu"] == "8"
+    _, container = _mlflow_container(a100)
+    assert {e["name"]: e.get("value") for e in container["env"]}["VIGOS_MLFLOW_WORKERS"] == "4"
+
+
+def test_pipeline_gpu_defaults_match_the_node_pool_readme():
+    readme = (K8S / "README.md").read_text()
+    [(key, value)] = dag.DEFAULT_GPU_NODE_SELECTOR.items()
+    assert f"{key}={value}" in readme
+    [toleration] = dag.DEFAULT_GPU_TOLERATIONS
+    assert f"{toleration['key']}=present:{toleration['effect']}" in readme
+    assert "kubectl apply -k k8s/overlays/a100" in readme and "port-forward svc/mlflow 5000:5000" in readme
+
+
+@pytest.mark.skipif(os.environ.get("VIGOS_SKIP_MLFLOW_SERVER") == "1", reason="VIGOS_SKIP_MLFLOW_SERVER=1")
+def test_mlflow_server_with_the_manifest_args_accepts_in_cluster_hosts_and_rejects_others(a100, tmp_path):
+    """The manifest's exact --allowed-hosts/--workers/--serve-artifacts on this MLflow (the image's version), with
+    SQLite in place of PostgreSQL: in-cluster Host headers pass, a foreign one gets 403."""
+    _, container = _mlflow_container(a100)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+    port = _free_port()
+    args = [a for a in args if not a.startswith(("--backend-store-uri", "--artifacts-destination", "--port",
+                                                  "--host", "--workers"))]
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", *args, "--workers=1", "--host=127.0.0.1",
+           f"--port={port}", f"--backend-store-uri=sqlite:///{tmp_path / 'db.sqlite'}",
+           f"--artifacts-destination={tmp_path / 'artifacts'}"]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(0.3)
+
+        def status(host: str) -> int:
+            req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
+                                         headers={"Host": host})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        for host in IN_CLUSTER_HOSTS:
+            assert status(f"{host}:5000") == 200, host
+        assert status("mlflow.vigos.svc.cluster.local") == 200
+        assert status(f"localhost:{port}") == 200  # kubectl port-forward
+        assert status("evil.example.com") == 403
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
