@@ -211,6 +211,9 @@ KEY_METRICS = {
     "evaluate-base": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",
     "evaluate-model": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",
     "eval-report": lambda m: f"mean Pass@5 {m.get('delta.mean.pass_at_k', 0):+.1f} vs base",
+    "register": lambda m: f"version {m.get('version', 0):.0f}"
+    + (", new champion" if m.get("champion_moved") else ", candidate"),
+    "publish-hub": lambda m: f"{m.get('files', 0):.0f} files" + (" (dry run)" if m.get("dry_run") else " uploaded"),
 }
 
 

@@ -11,6 +11,7 @@ from components.evaluate import eval_report, evaluate_base, evaluate_model
 from components.finalize_run import finalize_run
 from components.merge import merge
 from components.prepare_data import prepare_data, record_data_stats
+from components.publish import publish_hub, register
 from components.train import train
 
 PIPELINE_NAME = "vigos"
@@ -75,6 +76,8 @@ def vigos_pipeline(
     eval_benchmarks: list = [],  # noqa: B006 - KFP reads defaults from the signature
     eval_sources: list = [],  # noqa: B006
     eval_gpus: int = 8,
+    hub_repo_id: str = "",
+    hub_private: bool = True,
     config_overrides: list = [],  # noqa: B006
 ):
     """Train, evaluate and publish a ViGOS model.
@@ -93,6 +96,8 @@ def vigos_pipeline(
         eval_benchmarks: Benchmarks to evaluate (names from the registry); empty = the preset's (the eight + ViLP-F/P).
         eval_sources: `benchmark=path` entries pointing benchmarks at local copies (default: the Hub).
         eval_gpus: GPUs per evaluation pod (data-parallel generation, one process each).
+        hub_repo_id: Hugging Face Hub repo to upload the merged model to (`org/name`); empty = dry run (the exact folder is staged as an artifact, nothing is uploaded).
+        hub_private: Create the Hub repo as private.
         config_overrides: Any other config value as `section.key=value` strings, e.g. `train.max_steps=100`.
     """
     context = dict(
@@ -153,7 +158,19 @@ def vigos_pipeline(
         report = eval_report(model_eval=model_eval.outputs["evaluation"], base_eval=base_eval.outputs["evaluation"],
                              **context)
         report.set_display_name("evaluation report")
-        tasks += [base_eval, model_eval, report]
+
+        registered = register(merged_model=merged.outputs["merged_model"], model_eval=model_eval.outputs["evaluation"],
+                              **context)
+        registered.set_display_name("MLflow registry")
+        hub = publish_hub(
+            hub_repo_id=hub_repo_id, hub_private=hub_private, merged_model=merged.outputs["merged_model"],
+            adapter=trained.outputs["adapter"], model_eval=model_eval.outputs["evaluation"],
+            base_eval=base_eval.outputs["evaluation"], **context,
+        )
+        hub.set_display_name("Hugging Face Hub upload")
+        kubernetes.use_secret_as_env(hub, HF_TOKEN_SECRET, {"token": "HF_TOKEN"}, optional=True)
+        hub.set_memory_request("16G").set_memory_limit("32G")
+        tasks += [base_eval, model_eval, report, registered, hub]
 
     for task in tasks:
         in_cluster(task)

@@ -34,11 +34,13 @@ def _register() -> None:
     from vigos.evaluation.cli import app as eval_app
     from vigos.merge import cli as merge_cli
     from vigos.modeling.cli import app as model_app
+    from vigos.publish.cli import app as publish_app
     from vigos.training.launch import train
 
     app.add_typer(config_app, name="config", help="Show the resolved config of a preset + overrides.")
     app.add_typer(data_app, name="data", help="Synthetic data and data prep.")
     app.add_typer(eval_app, name="eval", help="Evaluate a model (Pass@k on the benchmarks) and score responses.")
+    app.add_typer(publish_app, name="publish", help="MLflow registry gate and Hugging Face Hub upload.")
     app.add_typer(model_app, name="model", help="Model utilities (tiny random Qwen2.5-VL for the demo and tests).")
     app.command("train", help="Train a ViGOS LoRA adapter (alone, under torchrun, or under deepspeed).")(train)
     app.command("merge", help="Merge a LoRA adapter into its base model, verified.")(merge_cli)

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from vigos.config import VigosConfig, load_config
 from vigos.errors import VigosError
@@ -363,3 +364,75 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
             client.log_artifact(parent, str(report.html), "eval-report")
     shutil.copyfile(report.html, html_path)
     return StepResult(metrics=metrics, markdown=report.markdown.read_text().split("![")[0])
+
+
+@_one_line_errors
+def register(ctx: StepContext, merged_dir: str, merged_uri: str, eval_dir: str) -> StepResult:
+    """A registry version of the merged model with every score as a tag; `candidate` always, `champion` only
+    when the gate metric beats the current champion's. A re-run of the same KFP run reuses its version."""
+    from vigos.publish.registry import log_model_dir, register_model_version
+    from vigos.tracking import log_metrics, step_run
+
+    cfg = ctx.config()
+    scores = json.loads((Path(eval_dir) / "scores.json").read_text())
+    merge_info = json.loads((Path(merged_dir) / "vigos_merge.json").read_text())
+    params = {"publish.registered_model": cfg.publish.registered_model, "publish.gate_metric": cfg.publish.gate_metric}
+    with step_run("register", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params) as run:
+        source = merged_uri
+        if not urlparse(source).scheme:  # a local path (the demo): the tracking server stores a copy it serves
+            source = log_model_dir(merged_dir, run_id=run.info.run_id)
+        r = register_model_version(
+            cfg.publish.registered_model, source, run_id=run.info.run_id, kfp_run_id=ctx.kfp_run_id, scores=scores,
+            base_model=merge_info["base_model"], dataset=cfg.data.source, gate_metric=cfg.publish.gate_metric,
+        )
+        metrics = {"version": float(r.version), "champion_moved": float(r.champion_moved),
+                   "gate_value": float(r.gate_value), "reused": float(r.reused)}
+        log_metrics(metrics)
+    md = (f"# MLflow registry\n\n`{r.uri}` ({', '.join(r.aliases)}); gate `{cfg.publish.gate_metric}` = "
+          f"{r.gate_value:.2f}" + (" - new champion" if r.champion_moved else
+                                    f" - champion stays version {r.previous_champion}") + ".\n")
+    return StepResult(metrics=metrics, markdown=md)
+
+
+@_one_line_errors
+def publish_hub(
+    ctx: StepContext, merged_dir: str, adapter_dir: str, eval_dir: str, base_eval_dir: str, staging_dir: str,
+    repo_id: str = "", private: bool | None = None,
+) -> StepResult:
+    """Stage the merged model + a generated model card; upload it to the Hub, or (no repo id) only stage it."""
+    from vigos.publish.hub import publish_to_hub
+    from vigos.publish.model_card import render_model_card
+    from vigos.tracking import log_metrics, step_run
+
+    values: dict[str, Any] = {"publish.hub_repo_id": repo_id} if repo_id else {}
+    if private is not None:
+        values["publish.hub_private"] = private
+    cfg = ctx.config(values)
+    p = cfg.publish
+    dry_run = not p.hub_repo_id
+    card_repo = p.hub_repo_id or f"your-org/{p.registered_model}"
+    train_config = json.loads((Path(adapter_dir) / "vigos_train_config.json").read_text())
+    info_path = Path(adapter_dir) / "vigos_train_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {"world_size": 0, "device": "unknown"}
+    merge_info = json.loads((Path(merged_dir) / "vigos_merge.json").read_text())
+    card = render_model_card(
+        repo_id=card_repo, base_model=merge_info["base_model"], dataset=train_config["data"]["source"],
+        train_config=train_config, scores=json.loads((Path(eval_dir) / "scores.json").read_text()),
+        baseline=json.loads((Path(base_eval_dir) / "scores.json").read_text()), license=p.license,
+        num_gpus=int(info["world_size"]) if info["device"] != "cpu" else 0, gpu_type=info["device"],
+    )
+    params = {"publish.hub_repo_id": p.hub_repo_id or "(dry run)", "publish.hub_private": p.hub_private}
+    with step_run("publish-hub", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):
+        r = publish_to_hub(merged_dir, repo_id=card_repo, private=p.hub_private, card_text=card,
+                           token_env=p.hub_token_env, dry_run=dry_run, staging_dir=staging_dir)
+        import mlflow
+
+        mlflow.log_text(card, "README.md")
+        mlflow.log_artifact(str(r.manifest))
+        if r.url:
+            mlflow.set_tag("hub.url", r.url)
+        metrics = {"files": float(len(r.files)), "dry_run": float(dry_run)}
+        log_metrics(metrics)
+    where = f"uploaded to {r.url}" if r.url else f"dry run: staged in `{r.folder}`, nothing uploaded"
+    md = f"# Hugging Face Hub\n\n{len(r.files)} files, {where}.\n\n" + "\n".join(f"- `{f}`" for f in r.files) + "\n"
+    return StepResult(metrics=metrics, markdown=md)

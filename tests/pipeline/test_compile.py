@@ -18,7 +18,7 @@ def test_compiles_and_loads_back(tmp_path):
     assert root_tasks["finalize-run"].trigger_policy.strategy == 2  # ALL_UPSTREAM_TASKS_COMPLETED
     inner = spec.components["comp-exit-handler-1"].dag.tasks
     assert set(inner) == {"prepare-data", "record-data-stats", "train", "merge", "evaluate-base", "evaluate-model",
-                          "eval-report"}
+                          "eval-report", "register", "publish-hub"}
     # the run id reaches the steps as KFP's job-id placeholder, so every step finds the same MLflow parent run...
     stats = inner["record-data-stats"]
     assert stats.inputs.parameters["kfp_run_id"].runtime_value.constant.string_value == "{{$.pipeline_job_uuid}}"
@@ -34,6 +34,8 @@ def test_compiles_and_loads_back(tmp_path):
     assert list(inner["evaluate-model"].dependent_tasks) == ["merge"]
     assert not inner["evaluate-base"].dependent_tasks
     assert sorted(inner["eval-report"].dependent_tasks) == ["evaluate-base", "evaluate-model"]
+    assert sorted(inner["register"].dependent_tasks) == ["evaluate-model", "merge"]
+    assert sorted(inner["publish-hub"].dependent_tasks) == ["evaluate-base", "evaluate-model", "merge", "train"]
 
 
 def test_every_parameter_has_a_default_and_a_description(tmp_path):

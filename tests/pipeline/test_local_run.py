@@ -24,7 +24,7 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     steps = tracking.step_runs(result.kfp_run_id, "vigos-local")
     names = [r.data.tags[tracking.TAG_STEP] for r in steps]
     assert sorted(names) == sorted(["prepare-data", "train", "merge", "evaluate-base", "evaluate-model",
-                                    "eval-report"])
+                                    "eval-report", "register", "publish-hub"])
     by_name = dict(zip(names, steps, strict=True))
     assert names.index("train") < names.index("merge") < names.index("evaluate-model") < names.index("eval-report")
     for run in steps:
@@ -51,6 +51,7 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     assert "# Data prep" in (prep_dir / "summary").read_text()
     _check_train(client, by_name["train"], runs[-1], tmp_path)
     _check_eval(client, by_name, runs[-1], parent)
+    _check_publish(client, by_name, runs[-1])
 
 
 def test_failed_step_marks_the_run_failed(tracking_env, capsys):
@@ -110,3 +111,17 @@ def _check_eval(client, by_name, run_dir, parent):
             .read_text().splitlines()]
     assert rows and all(r["sample_index"] == 0 for r in rows)  # ViLP: one sample per prompt
     assert all(r["response"].startswith("<description>") for r in rows)
+
+
+def _check_publish(client, by_name, run_dir):
+    """The demo ends with a registered version (the first one is champion) and a dry-run Hub folder."""
+    version = client.get_model_version_by_alias("vigos-tiny-demo", "champion")
+    assert version.version == "1" and "candidate" in version.aliases
+    assert version.tags["kfp.run_id"] == by_name["register"].data.tags["kfp.run_id"]
+    assert "score.mean.pass_at_k" in version.tags
+    hub = by_name["publish-hub"]
+    assert hub.data.metrics["dry_run"] == 1.0
+    staged = run_dir / "publish-hub" / "hub_folder" / "upload"
+    card = (staged / "README.md").read_text()
+    assert card.startswith("---") and "base_model:" in card and "model-index:" in card
+    assert (staged / "config.json").exists() and list(staged.glob("*.safetensors"))

@@ -406,6 +406,9 @@ class ViGOSTrainer:
             self.model.save_pretrained(str(tmp))
             self.processor.save_pretrained(str(tmp))
             (tmp / "vigos_train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            device = torch.cuda.get_device_name(self.dist.device) if self.dist.device.type == "cuda" else "cpu"
+            info = {"world_size": self.dist.world_size, "device": device, "steps": self.total_steps}
+            (tmp / "vigos_train_info.json").write_text(json.dumps(info, indent=2))
             if out.exists():
                 import shutil
 
