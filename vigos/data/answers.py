@@ -40,7 +40,15 @@ def last_boxed(text: str) -> str | None:
     starts = [m.end() for m in _BOXED.finditer(text)]
     if not starts:
         return None
-    start = starts[-1]
+    end = closing_brace_end(text, starts[-1])
+    return None if end is None else text[starts[-1] : end - 1]
+
+
+def closing_brace_end(text: str, start: int) -> int | None:
+    """Index just past the `}` that closes a `{` opened right before `start`, or None if it never closes.
+
+    TeX escapes (`\\{`, `\\}`, `\\\\`) are literal characters and do not count towards the balance.
+    """
     depth = 1
     i = start
     while i < len(text):
@@ -53,7 +61,7 @@ def last_boxed(text: str) -> str | None:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i]
+                return i + 1
         i += 1
     return None
 

@@ -227,7 +227,6 @@ def _write_build(out: Path, seed: int, spec: TinySpec) -> dict[str, Any]:
     import torch
     from transformers import (
         GenerationConfig,
-        Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
@@ -240,48 +239,15 @@ def _write_build(out: Path, seed: int, spec: TinySpec) -> dict[str, Any]:
     vocab_size = _round_up(len(tokenizer), 64)
 
     head_dim = spec.hidden_size // spec.num_attention_heads
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": spec.hidden_size,
-            "intermediate_size": spec.intermediate_size,
-            "num_hidden_layers": spec.num_hidden_layers,
-            "num_attention_heads": spec.num_attention_heads,
-            "num_key_value_heads": spec.num_key_value_heads,
-            "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-6,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": list(spec.mrope_section),
-            },
-            "use_sliding_window": False,
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "dtype": "float32",
-        },
-        vision_config={
-            "depth": spec.vision_depth,
-            "hidden_size": spec.vision_hidden_size,
-            "intermediate_size": spec.vision_intermediate_size,
-            "num_heads": spec.vision_num_heads,
-            "out_hidden_size": spec.hidden_size,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [spec.vision_depth - 1],
-            "tokens_per_second": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+    config = qwen25vl_config(
+        text={"vocab_size": vocab_size, "hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
+              "num_hidden_layers": spec.num_hidden_layers, "num_attention_heads": spec.num_attention_heads,
+              "num_key_value_heads": spec.num_key_value_heads, "max_position_embeddings": 32768,
+              "mrope_section": list(spec.mrope_section), "dtype": "float32"},
+        vision={"depth": spec.vision_depth, "hidden_size": spec.vision_hidden_size,
+                "intermediate_size": spec.vision_intermediate_size, "num_heads": spec.vision_num_heads,
+                "fullatt_block_indexes": [spec.vision_depth - 1]},
+        token_ids=ids,
     )
     assert head_dim // 2 == sum(config.text_config.rope_parameters["mrope_section"])
 
@@ -443,8 +409,6 @@ def _corpus() -> list[str]:
 
 
 def _qwen7b_shapes_config(token_ids: dict[str, int], vision_depth: int, shrink: bool) -> Any:
-    from transformers import Qwen2_5_VLConfig
-
     if shrink:  # a CPU smoke test of this code path
         text = {
             "hidden_size": 128,
@@ -466,47 +430,48 @@ def _qwen7b_shapes_config(token_ids: dict[str, int], vision_depth: int, shrink: 
         }
         vision = {"hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
     fullatt = [i for i in (7, 15, 23, 31) if i < vision_depth] or [vision_depth - 1]
+    return qwen25vl_config(
+        text={**text, "vocab_size": 152064, "max_position_embeddings": 128000},
+        vision={**vision, "depth": vision_depth, "fullatt_block_indexes": fullatt},
+        token_ids=token_ids,
+    )
+
+
+def qwen25vl_config(text: dict[str, Any], vision: dict[str, Any], token_ids: dict[str, int]) -> Any:
+    """A Qwen2.5-VL config of the given sizes, with the fixed parts of the architecture (patching, windows,
+    RoPE) and special-token ids taken from the tokenizer: one builder for the tiny model and the 7B shapes."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = dict(text)
+    mrope = text.pop("mrope_section")
+    ids = token_ids
     return Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": 152064,
-            "hidden_size": text["hidden_size"],
-            "intermediate_size": text["intermediate_size"],
-            "num_hidden_layers": text["num_hidden_layers"],
-            "num_attention_heads": text["num_attention_heads"],
-            "num_key_value_heads": text["num_key_value_heads"],
-            "max_position_embeddings": 128000,
+            **text,
             "rms_norm_eps": 1e-6,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": text["mrope_section"],
-            },
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
             "use_sliding_window": False,
-            "bos_token_id": token_ids["<|endoftext|>"],
-            "eos_token_id": token_ids["<|im_end|>"],
-            "pad_token_id": token_ids["<|endoftext|>"],
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": vision_depth,
-            "hidden_size": vision["hidden_size"],
-            "intermediate_size": vision["intermediate_size"],
-            "num_heads": vision["num_heads"],
+            **vision,
             "out_hidden_size": text["hidden_size"],
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 112,
-            "fullatt_block_indexes": fullatt,
             "tokens_per_second": 2,
         },
-        image_token_id=token_ids["<|image_pad|>"],
-        video_token_id=token_ids["<|video_pad|>"],
-        vision_start_token_id=token_ids["<|vision_start|>"],
-        vision_end_token_id=token_ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
-        bos_token_id=token_ids["<|endoftext|>"],
-        eos_token_id=token_ids["<|im_end|>"],
-        pad_token_id=token_ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
     )
 
 

@@ -40,6 +40,8 @@ import bisect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from vigos.data.answers import closing_brace_end
+
 DESCRIPTION_CLOSE = "</description>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -75,22 +77,7 @@ class Segments:
 
 def _match_box(text: str, open_start: int) -> int | None:
     """End (exclusive) of the ``}`` closing the ``\\boxed{`` at ``open_start``, or None if it never closes."""
-    i = open_start + len(BOX_OPEN)
-    depth = 1
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":  # TeX escape: "\{", "\}" and "\\" are literal, skip the escaped character
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
+    return closing_brace_end(text, open_start + len(BOX_OPEN))
 
 
 def find_balanced_box(text: str, start: int = 0) -> Span | None:
