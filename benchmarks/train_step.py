@@ -85,7 +85,8 @@ def build(args, device, dtype):
         cfg.model.name_or_path = str(path)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
         processor = load_processor(cfg.model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, cfg.lora)
     return cfg, model, processor
 
@@ -198,6 +199,8 @@ def main() -> None:
     parser.add_argument("--vision-depth", type=int, default=32)
     parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes at tiny widths (CPU smoke test)")
     parser.add_argument("--skip-steps", action="store_true", help="only part 2")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                        help="recompute activations in backward (the trainer's default)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -211,7 +214,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{args.model} on {name}: {_lm_params(model) / 1e9:.2f} B LM parameters, LoRA r{cfg.lora.r}, "
           f"setup {time.perf_counter() - t0:.0f}s", flush=True)
-    result: dict[str, Any] = {"model": args.model, "device": name, "torch": torch.__version__}
+    result: dict[str, Any] = {"model": args.model, "device": name, "torch": torch.__version__,
+                              "gradient_checkpointing": args.gradient_checkpointing}
     if not args.skip_steps:
         result["optimizer_steps"] = optimizer_steps(args, cfg, model, processor, device, dtype)
     result["fwd_bwd"] = fwd_bwd(args, cfg, model, processor, device, dtype)
