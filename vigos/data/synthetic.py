@@ -65,13 +65,13 @@ def _canvas(rng: random.Random) -> PILImage.Image:
     return PILImage.new("RGB", (w, h), rng.choice(_BACKGROUNDS))
 
 
-def _png(img: PILImage.Image) -> bytes:
+def png_bytes(img: PILImage.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: str) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: str) -> None:
     x0, y0, x1, y1 = box
     fill = COLOURS[colour]
     if shape == "circle":
@@ -91,7 +91,7 @@ def _scatter(rng: random.Random, img: PILImage.Image, items: list[tuple[str, str
         side = max(6, int(min(cw, ch) * rng.uniform(0.55, 0.8)))
         cx = (cell % 3) * cw + rng.randint(0, cw - side)
         cy = (cell // 3) * ch + rng.randint(0, ch - side)
-        _draw_shape(draw, shape, (cx, cy, cx + side, cy + side), colour)
+        draw_shape(draw, shape, (cx, cy, cx + side, cy + side), colour)
 
 
 # --- question kinds: each returns (image, problem, answer, options) ------------------------------------------
@@ -200,7 +200,7 @@ def _row(seed: int, i: int) -> Row:
         answer = rng.choice(_WRAPPERS)(answer)
     return {
         "problem": problem,
-        "images": [{"bytes": _png(img), "path": None}],
+        "images": [{"bytes": png_bytes(img), "path": None}],
         "answer": answer,
         "problem_id": f"synthetic-{seed}-{i:06d}",
         "data_source": f"synthetic/{kind}",
@@ -219,7 +219,7 @@ def _bad_rows(seed: int, good: list[Row]) -> list[Row]:
         return {**base, "problem": f"{base['problem']} [{tag}]", "problem_id": f"bad-{tag}", **changes}
 
     png = base["images"][0]["bytes"]
-    tiny = _png(PILImage.new("RGB", (1, 1), (255, 0, 0)))
+    tiny = png_bytes(PILImage.new("RGB", (1, 1), (255, 0, 0)))
     dup = dict(good[0])
     dup["problem_id"] = f"{dup['problem_id']}-dup"
     return [

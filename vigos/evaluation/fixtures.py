@@ -19,7 +19,6 @@ under a second.
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,20 +27,12 @@ from typing import Any, Literal
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
+from vigos.data.synthetic import COLOURS, SHAPES, draw_shape, png_bytes
 from vigos.evaluation.benchmarks import BENCHMARKS, get_benchmark
 
 FixtureFormat = Literal["parquet", "disk"]
 
-_COLOURS = {"red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 210), "yellow": (230, 200, 40),
-            "purple": (130, 60, 170), "orange": (240, 140, 30)}
-_SHAPES = ("circle", "square", "triangle")
 _BG = (250, 250, 245)
-
-
-def _png(img: PILImage.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _picture(rng: random.Random, items: Sequence[tuple[str, str]], size: tuple[int, int] | None = None) -> bytes:
@@ -54,15 +45,8 @@ def _picture(rng: random.Random, items: Sequence[tuple[str, str]], size: tuple[i
     for k, (shape, colour) in enumerate(items):
         r = max(4, min(cell, h) // 3)
         cx, cy = k * cell + cell // 2, h // 2 + rng.randint(-3, 3)
-        box = (cx - r, cy - r, cx + r, cy + r)
-        fill = _COLOURS[colour]
-        if shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif shape == "square":
-            draw.rectangle(box, fill=fill)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return _png(img)
+        draw_shape(draw, shape, (cx - r, cy - r, cx + r, cy + r), colour)
+    return png_bytes(img)
 
 
 def _image(data: bytes) -> dict[str, Any]:
@@ -90,7 +74,7 @@ def _option_lines(options: Sequence[str]) -> str:
 
 
 def _mm_vet_row(rng: random.Random, i: int) -> dict[str, Any]:
-    colour, shape = rng.choice(list(_COLOURS)), rng.choice(_SHAPES)
+    colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
     if i % 2:
         count = rng.randint(1, 4)
         return {"problem": f"<image>How many {shape}s are in the image?", "answer": str(count),
@@ -101,9 +85,9 @@ def _mm_vet_row(rng: random.Random, i: int) -> dict[str, Any]:
 
 def _mmmu_row(rng: random.Random, i: int) -> dict[str, Any]:
     n_images = 2 if i % 3 == 2 else 1
-    items = [(rng.choice(_SHAPES), rng.choice(list(_COLOURS))) for _ in range(n_images)]
+    items = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(n_images)]
     target = items[-1][1]
-    options, letter = _mc(rng, target, list(_COLOURS), 4)
+    options, letter = _mc(rng, target, list(COLOURS), 4)
     refs = " ".join(f"<image {k + 1}>" for k in range(n_images))
     problem = f"{refs} What is the colour of the shape in the last image?\nOptions:\n{_option_lines(options)}"
     return {"problem": problem, "answer": letter, "images": [_image(_picture(rng, [it])) for it in items]}
@@ -113,13 +97,13 @@ def _mmmu_pro_standard_row(rng: random.Random, i: int) -> dict[str, Any]:
     count = rng.randint(1, 5)
     options, letter = _mc(rng, str(count), [str(k) for k in range(1, 11)], 10)
     problem = f"<image 1> How many shapes are shown?\n{_option_lines(options)}"
-    shape, colour = rng.choice(_SHAPES), rng.choice(list(_COLOURS))
+    shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
     return {"problem": problem, "answer": letter, "images": [_image(_picture(rng, [(shape, colour)] * count))]}
 
 
 def _mmmu_pro_vision_row(rng: random.Random, i: int) -> dict[str, Any]:
     # The real subset's question lives in the screenshot; the problem text is an instruction (empty in some rows).
-    shape, colour = rng.choice(_SHAPES), rng.choice(list(_COLOURS))
+    shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
     letter = rng.choice(_letters(10))
     problem = "" if i % 2 else "<image> Answer the question in the image with the option's letter."
     return {"problem": problem, "answer": letter, "images": [_image(_picture(rng, [(shape, colour)], (96, 72)))]}
@@ -130,12 +114,12 @@ def _mathverse_row(rng: random.Random, i: int) -> dict[str, Any]:
     answers = (f"{a}\\sqrt{{2}}", f"\\frac{{{a}}}{{2}}", f"{a}^2")
     problem = f"<image>The square in the figure has side {a}. Find the requested length or area."
     return {"problem": problem, "answer": answers[i % len(answers)],
-            "images": [_image(_picture(rng, [("square", rng.choice(list(_COLOURS)))]))]}
+            "images": [_image(_picture(rng, [("square", rng.choice(list(COLOURS)))]))]}
 
 
 def _mathvista_row(rng: random.Random, i: int) -> dict[str, Any]:
     count = rng.randint(1, 4)
-    shape, colour = rng.choice(_SHAPES), rng.choice(list(_COLOURS))
+    shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
     answer = str(count) if i % 2 == 0 else f"{count / 2:.1f}"
     problem = f"<image>There are {count} {shape}s. What is the count{' divided by 2' if i % 2 else ''}?"
     return {"problem": problem, "answer": answer, "images": [_image(_picture(rng, [(shape, colour)] * count))]}
@@ -143,22 +127,22 @@ def _mathvista_row(rng: random.Random, i: int) -> dict[str, Any]:
 
 def _mmsi_row(rng: random.Random, i: int) -> dict[str, Any]:
     n_images = 2 + i % 2
-    colours = rng.sample(list(_COLOURS), n_images)
-    images = [_image(_picture(rng, [(rng.choice(_SHAPES), c)])) for c in colours]
-    options, letter = _mc(rng, colours[0], list(_COLOURS), 4)
+    colours = rng.sample(list(COLOURS), n_images)
+    images = [_image(_picture(rng, [(rng.choice(SHAPES), c)])) for c in colours]
+    options, letter = _mc(rng, colours[0], list(COLOURS), 4)
     inline = ", ".join(f"{lt}: {t}" for lt, t in zip(_letters(4), options, strict=True))
     problem = f"Which colour does the object in the first image have? Options: {inline}"
     return {"problem": problem, "answer": letter, "images": images}
 
 
 def _realworldqa_row(rng: random.Random, i: int) -> dict[str, Any]:
-    colour = rng.choice(list(_COLOURS))
+    colour = rng.choice(list(COLOURS))
     image = [_image(_picture(rng, [("circle", colour)], (96, 64)))]
     if i % 2:
-        other = rng.choice([c for c in _COLOURS if c != colour])
+        other = rng.choice([c for c in COLOURS if c != colour])
         return {"problem": f"Is the circle {other}? Please answer directly with only the correct answer.",
                 "answer": "No", "images": image}
-    options, letter = _mc(rng, colour, list(_COLOURS), 3)
+    options, letter = _mc(rng, colour, list(COLOURS), 3)
     lines = "\n".join(f"{lt}. {t}" for lt, t in zip(_letters(3), options, strict=True))
     return {"problem": f"What colour is the circle?\n\n{lines}\nPlease answer directly with only the letter.",
             "answer": letter, "images": image}
@@ -169,7 +153,7 @@ _CV_TASKS = (("2D", "Count"), ("2D", "Relation"), ("3D", "Depth"), ("3D", "Dista
 
 def _cv_bench_row(rng: random.Random, i: int) -> dict[str, Any]:
     kind, task = _CV_TASKS[i % len(_CV_TASKS)]
-    a, b = rng.sample(list(_COLOURS), 2)
+    a, b = rng.sample(list(COLOURS), 2)
     if task == "Count":
         count = rng.randint(1, 4)
         choices = [str(k) for k in range(0, 6)]
@@ -212,7 +196,7 @@ def _vilp_row(rng: random.Random, i: int) -> dict[str, Any]:
     fact, question, answers = _VILP_FACTS[i % len(_VILP_FACTS)]
     row: dict[str, Any] = {"question_id": i, "question": f"{fact} {question}"}
     for p, colour in enumerate(answers, start=1):
-        row[f"image{p}"] = _image(_picture(rng, [(rng.choice(_SHAPES), colour)], (72, 72)))
+        row[f"image{p}"] = _image(_picture(rng, [(rng.choice(SHAPES), colour)], (72, 72)))
         row[f"answer{p}"] = colour
     return row
 
