@@ -159,6 +159,16 @@ def finalize_run(ctx: StepContext, state: str, error_message: str = "") -> str:
                          error_message=error_message)
 
 
+def _processes(gpus: int) -> int:
+    """One process per GPU this pod got (`gpus` is what was requested); one CPU process without GPUs."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if gpus > visible > 0:
+        print(f"[vigos] warning: {gpus} GPUs requested but {visible} visible; using {visible}", flush=True)
+    return max(1, min(gpus, visible) if gpus > 0 else visible)
+
+
 @_one_line_errors
 def train(
     ctx: StepContext,
@@ -174,7 +184,6 @@ def train(
     artifact: a retried pod of the same run finds them there and resumes.
     """
     import mlflow
-    import torch
 
     from vigos.config import dump_config
     from vigos.tracking import log_metrics, step_run, tracking_uri, vigos_home
@@ -185,11 +194,7 @@ def train(
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "config.yaml"
     config_path.write_text(dump_config(cfg))
-    visible = torch.cuda.device_count()
-    # one process per GPU this pod got (`gpus` is what was requested); one CPU process without GPUs
-    nproc = max(1, min(gpus, visible) if gpus > 0 else visible)
-    if gpus > visible > 0:
-        print(f"[vigos] warning: {gpus} GPUs requested but {visible} visible; training on {visible}", flush=True)
+    nproc = _processes(gpus)
     params = {k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "lora", "train")}
     with step_run("train", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params) as run:
         mlflow.log_dict(cfg.to_dict(), "config.json")
@@ -279,9 +284,9 @@ def evaluate(
     Data-parallel over this pod's GPUs under torchrun; one process without GPUs.
     """
     import mlflow
-    import torch
 
     from vigos.config import dump_config
+    from vigos.evaluation.metrics import flatten_scores
     from vigos.evaluation.report import write_report
     from vigos.evaluation.run import run_eval
     from vigos.evaluation.score import score_responses
@@ -290,8 +295,7 @@ def evaluate(
     cfg = ctx.config(eval_values(benchmarks, sources))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    visible = torch.cuda.device_count()
-    nproc = max(1, min(gpus, visible) if gpus > 0 else visible)
+    nproc = _processes(gpus)
     params = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"eval.model": model_path}
     with step_run(f"evaluate-{label}", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment,
                   params=params):
@@ -308,7 +312,7 @@ def evaluate(
             run_eval(model_path, cfg, out)
         scores = score_responses(out / "responses", cfg.eval, grades_dir=out / "grades", output=out / "scores.json")
         report = write_report(scores, out / "report", title=f"ViGOS evaluation ({label})", model=model_path)
-        metrics = score_metrics(scores)
+        metrics = {k: float(v) for k, v in flatten_scores(scores).items()}  # every score, breakdowns too
         log_metrics(metrics)
         for folder in ("responses", "grades", "report"):
             mlflow.log_artifacts(str(out / folder), folder)
@@ -316,26 +320,12 @@ def evaluate(
     return StepResult(metrics=metrics, markdown=report.markdown.read_text().split("![")[0])
 
 
-def score_metrics(scores: dict[str, Any]) -> dict[str, float]:
-    """Flat metric names for MLflow and KFP: `<benchmark>.pass_at_k`, `mean.avg_at_k`, `vilp-f.score`, ..."""
-    out: dict[str, float] = {}
-    for name, row in scores.get("benchmarks", {}).items():
-        out[f"{name}.pass_at_k"] = float(row["pass_at_k"])
-        out[f"{name}.avg_at_k"] = float(row["avg_at_k"])
-    if scores.get("mean"):
-        out["mean.pass_at_k"] = float(scores["mean"]["pass_at_k"])
-        out["mean.avg_at_k"] = float(scores["mean"]["avg_at_k"])
-    for name, row in scores.get("vilp", {}).items():
-        out[f"{name}.score"] = float(row["score"])
-        out[f"{name}.prior"] = float(row["prior"])
-    return out
-
-
 @_one_line_errors
 def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_path: str) -> StepResult:
     """The run's comparison card: this model vs the base model vs the model card, chart included."""
     import mlflow
 
+    from vigos.evaluation.metrics import flatten_scores
     from vigos.evaluation.report import write_report
     from vigos.tracking import log_metrics, step_run
 
@@ -345,8 +335,8 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
     with step_run("eval-report", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment) as run:
         folder = Path(tempfile.mkdtemp(prefix="vigos-eval-report-"))
         report = write_report(scores, folder, baseline=base, title="ViGOS vs base model vs ViGOS-7B card")
-        metrics = {f"model.{k}": v for k, v in score_metrics(scores).items()}
-        metrics |= {f"base.{k}": v for k, v in score_metrics(base).items()}
+        metrics = {f"model.{k}": float(v) for k, v in flatten_scores(scores).items()}
+        metrics |= {f"base.{k}": float(v) for k, v in flatten_scores(base).items()}
         if scores.get("mean") and base.get("mean"):
             metrics["delta.mean.pass_at_k"] = scores["mean"]["pass_at_k"] - base["mean"]["pass_at_k"]
             metrics["delta.mean.avg_at_k"] = scores["mean"]["avg_at_k"] - base["mean"]["avg_at_k"]

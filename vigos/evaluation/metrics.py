@@ -11,8 +11,9 @@ Row `meta` conventions (the benchmark loaders write them):
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from vigos.errors import VigosError
@@ -149,3 +150,25 @@ def compute_scores(rows: Iterable[Mapping[str, Any]], grader: str) -> dict[str, 
         "missing": [b for b in MAIN_BENCHMARKS if b not in benchmarks],
     }
     return {"benchmarks": benchmarks, "mean": mean, "vilp": vilp, "grader": grader}
+
+
+def flatten_scores(scores: Mapping[str, Any]) -> dict[str, float]:
+    """Scores JSON -> `{"<benchmark>.pass_at_k": 72.0, "mean.pass_at_k": ..., "vilp-f.score": ...}`.
+
+    Every numeric leaf is kept (breakdowns such as `cv-bench.2D.pass_at_k`, `vilp-f.by_position.2.accuracy` too);
+    None (nothing evaluated), booleans, strings and lists are not scores and are skipped.
+    """
+    out: dict[str, float] = {}
+    for section in ("benchmarks", "vilp"):
+        for name, row in (scores.get(section) or {}).items():
+            out.update(_numeric_leaves(row, f"{name}."))
+    out.update(_numeric_leaves(scores.get("mean") or {}, "mean."))
+    return out
+
+
+def _numeric_leaves(node: Any, prefix: str) -> Iterator[tuple[str, float]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _numeric_leaves(value, f"{prefix}{key}.")
+    elif isinstance(node, int | float) and not isinstance(node, bool) and math.isfinite(node):
+        yield prefix.rstrip("."), node  # ints (counts) stay ints

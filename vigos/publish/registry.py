@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vigos.errors import VigosError
+from vigos.evaluation.metrics import flatten_scores
 from vigos.tracking import TAG_KFP_RUN, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -60,28 +61,6 @@ class RegistrationResult:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-def flatten_scores(scores: Mapping[str, Any]) -> dict[str, float]:
-    """Scores JSON -> `{"<benchmark>.pass_at_k": 72.0, "mean.pass_at_k": ..., "vilp-f.score": ...}`.
-
-    Every numeric leaf is kept (breakdowns such as `cv-bench.2D.pass_at_k`, `vilp-f.by_position.2.accuracy` too);
-    None (nothing evaluated), booleans, strings and lists are not scores and are skipped.
-    """
-    out: dict[str, float] = {}
-    for section in ("benchmarks", "vilp"):
-        for name, row in (scores.get(section) or {}).items():
-            out.update(_numeric_leaves(row, f"{name}."))
-    out.update(_numeric_leaves(scores.get("mean") or {}, "mean."))
-    return out
-
-
-def _numeric_leaves(node: Any, prefix: str) -> Iterator[tuple[str, float]]:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            yield from _numeric_leaves(value, f"{prefix}{key}.")
-    elif isinstance(node, int | float) and not isinstance(node, bool) and math.isfinite(node):
-        yield prefix.rstrip("."), node  # ints (counts) stay ints
 
 
 def _tag_value(value: float) -> str:
