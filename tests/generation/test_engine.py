@@ -30,7 +30,7 @@ def prompts(tiny_processor):
     items = [
         ("What color is the square?", [red]),
         ("How many cats sit on the sofa next to the blue lamp in the two pictures?", [red, blue]),
-        ("Is the dog to the left of the car? Answer yes or no, then explain in detail why.", [blue]),
+        ("Is the dog to the left of the car? Answer yes or no, then explain in great detail why you think so.", [blue]),
     ]
     return [(build_prompt_text(tiny_processor, build_messages(q, imgs)), imgs) for q, imgs in items]
 
@@ -114,8 +114,9 @@ def test_stop_finish_when_eos_is_produced(tiny_model, tiny_processor, prompts):
 def test_mixed_stop_and_length_rows_exclude_padding(tiny_model, prompts, tiny_processor):
     """Rows that stop early are padded inside the batch; their completions must not contain that padding."""
     eos = _eos_ids(tiny_processor)
-    # EOS a few percent likely per step: some rows stop early, others run to the limit
-    model = _biased_model(tiny_model, tiny_processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), 4.0)
+    # EOS a few percent likely per step (e^8.5 against ~152k other logits): some rows stop early, others run to
+    # the limit
+    model = _biased_model(tiny_model, tiny_processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), 8.5)
     eng = HFEngine(model, tiny_processor, batch_size=8, cache_implementation=None)
     params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=24)
     requests = [GenerationRequest(prompts[i % 3][0], prompts[i % 3][1], seed=100 + i) for i in range(16)]

