@@ -12,12 +12,38 @@ def test_defaults_are_the_model_card():
     assert (t.learning_rate, t.max_grad_norm, t.kl_token_clip) == (5e-6, 0.1, 0.05)
     assert (t.rollout_temperature, t.rollout_top_p, t.rollout_top_k) == (1.1, 0.95, 20)
     assert (t.lambda_perception, t.lambda_reasoning, t.lambda_reference) == (1.0, 1.0, 2.0)
-    assert t.per_device_train_batch_size * t.gradient_accumulation_steps * 8 == 32  # effective batch on 8 GPUs
+    assert t.global_batch_size == 32 and t.gradient_accumulation_steps is None  # derived per world size
+    assert t.per_device_train_batch_size * t.accumulation_steps(8) * 8 == 32  # 1 x 4 x 8 GPUs
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (64, 128, 0.05)
     assert (t.max_prompt_length, t.max_completion_length, t.zero_stage) == (32768, 4096, 2)
     e = cfg.eval
     assert (e.n_samples, e.temperature, e.top_p, e.top_k, e.max_new_tokens, e.seed) == (5, 1.0, 0.9, 20, 4096, 42)
     assert cfg.data.source == "LMMs-Lab-Turtle/Vision-SR1-47K" and cfg.data.min_image_size == 3
+
+
+def test_accumulation_is_derived_from_the_global_batch():
+    t = load_config("paper-7b").train
+    assert [t.accumulation_steps(w) for w in (1, 2, 4, 8, 32)] == [32, 16, 8, 4, 1]
+    assert load_config("paper-7b", overrides=["train.per_device_train_batch_size=2"]).train.accumulation_steps(8) == 2
+    assert load_config("tiny").train.accumulation_steps(1) == 2
+    explicit = load_config("paper-7b", overrides=["train.gradient_accumulation_steps=4"]).train
+    assert explicit.accumulation_steps(8) == 4  # an explicit value that multiplies out is kept
+
+
+def test_a_global_batch_that_cannot_be_made_is_a_clear_error():
+    t = load_config("paper-7b").train
+    with pytest.raises(ConfigError) as e:
+        t.accumulation_steps(3)  # 32 prompts on 3 GPUs
+    assert "train.global_batch_size 32" in str(e.value) and "1 x 3 rank(s) = 3" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        t.accumulation_steps(64)  # more ranks than prompts
+    assert "train.global_batch_size 32" in str(e.value)
+    explicit = load_config("paper-7b", overrides=["train.gradient_accumulation_steps=2"]).train
+    with pytest.raises(ConfigError) as e:
+        explicit.accumulation_steps(8)  # 1 x 2 x 8 = 16, not 32
+    msg = str(e.value)
+    assert "per-device batch 1 x gradient accumulation 2 x 8 rank(s) = 16" in msg
+    assert "not train.global_batch_size 32" in msg and "train.gradient_accumulation_steps" in msg
 
 
 def test_presets_only_name_existing_keys():

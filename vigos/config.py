@@ -51,8 +51,20 @@ class ModelConfig:
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     attn_implementation: str = "sdpa"
     min_pixels: int = 3136
-    """Image processor pixel budget per image (Qwen2.5-VL defaults: 56*56 .. 28*28*1280)."""
-    max_pixels: int = 1003520
+    """Image processor pixel budget per image. The defaults are the stock Qwen2.5-VL processor's (56*56 ..
+    14*14*4*16384 = 12,845,056 pixels, up to 16,384 visual tokens), which the released model was trained and
+    evaluated with; lower `max_pixels` to bound memory on large images (the `tiny` preset does)."""
+    max_pixels: int = 12845056
+
+
+@dataclass
+class PromptConfig:
+    """Which texts the model is prompted with (vigos/data/prompts.py holds them all)."""
+
+    student: Literal["release", "model-card"] = "release"
+    """The student's text, in training rollouts and in evaluation (base and trained model alike): `release`, the
+    text ViGOS-7B was trained and scored with, or `model-card`, the card's user-facing paraphrase. The teachers'
+    texts are always the release's."""
 
 
 @dataclass
@@ -66,14 +78,19 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    """ViGOS training (see shared/design/TRAINING.md for every number)."""
+    """ViGOS training (docs/training.md explains every number)."""
 
     method: Literal["vigos", "opsd"] = "vigos"
     num_train_epochs: float = 1.0
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
+    global_batch_size: int = 32
+    """Prompts per optimizer step over all ranks (the model card's 32). The gradient accumulation is derived from
+    it: global_batch_size / (per_device_train_batch_size x world size)."""
     per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 4
+    gradient_accumulation_steps: int | None = None
+    """None: derived from `global_batch_size` (7B on 8 GPUs: 32 / (1 x 8) = 4). When set, the three numbers must
+    multiply to `global_batch_size` on the run's world size, or the run stops before loading anything."""
     learning_rate: float = 5e-6
     lr_scheduler_type: str = "linear"
     warmup_steps: int = 0
@@ -100,8 +117,36 @@ class TrainConfig:
     """Tokens per chunk of the chunked KL (never materialise [tokens, vocab] logits for the whole sequence)."""
     logging_steps: int = 1
     save_steps: int = 50
+    save_total_limit: int = 2
+    """Checkpoints kept on disk (the newest ones); the one a run resumed from is kept until a newer one is saved
+    by that run. About 2 GB each at 7B (adapter + optimizer)."""
     sample_log_steps: int = 10
     """Every this many steps a JSONL sample of rollouts goes to MLflow."""
+
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Gradient accumulation steps for `world_size` ranks, checked against `global_batch_size`."""
+        per_device, world = self.per_device_train_batch_size, max(1, int(world_size))
+        if per_device < 1 or self.global_batch_size < 1:
+            raise ConfigError(f"train.per_device_train_batch_size ({per_device}) and train.global_batch_size "
+                              f"({self.global_batch_size}) must be >= 1")
+        if self.gradient_accumulation_steps is None:
+            accumulation, rest = divmod(self.global_batch_size, per_device * world)
+            if rest or accumulation < 1:
+                raise ConfigError(
+                    f"train.global_batch_size {self.global_batch_size} is not a multiple of per-device batch "
+                    f"{per_device} x {world} rank(s) = {per_device * world}; change train.global_batch_size, "
+                    "train.per_device_train_batch_size or the number of GPUs"
+                )
+            return accumulation
+        accumulation = self.gradient_accumulation_steps
+        if accumulation < 1 or per_device * accumulation * world != self.global_batch_size:
+            raise ConfigError(
+                f"per-device batch {per_device} x gradient accumulation {accumulation} x {world} rank(s) = "
+                f"{per_device * accumulation * world}, not train.global_batch_size {self.global_batch_size}; "
+                "leave train.gradient_accumulation_steps unset (null) to derive it, or change one of the numbers"
+            )
+        return accumulation
 
 
 @dataclass
@@ -165,6 +210,7 @@ class VigosConfig:
     preset: str = "paper-7b"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -183,24 +229,29 @@ class VigosConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper-7b": {},
     "tiny": {
-        # A randomly initialised Qwen2.5-VL of a few hundred thousand parameters and a small synthetic dataset:
-        # the CPU demo and the end-to-end tests. `model.name_or_path` is filled in by whoever builds the model.
+        # A randomly initialised Qwen2.5-VL (hidden 64, ~20 M parameters, nearly all in the real vocabulary's
+        # embedding and lm_head) and a small synthetic dataset: the CPU demo and the end-to-end tests.
+        # `model.name_or_path` is filled in by whoever builds the model; the demo warms it up first
+        # (vigos/modeling/warmup.py) so that about half of its rollouts are well formed.
         "data": {"max_samples": 64, "num_proc": 1},
         "model": {"name_or_path": ".vigos/tiny-model", "dtype": "float32", "min_pixels": 784, "max_pixels": 3136},
         "lora": {"r": 8, "alpha": 16},
         "train": {
             "max_steps": 4,
-            "gradient_accumulation_steps": 2,
+            "global_batch_size": 2,
             "learning_rate": 1e-3,
             "bf16": False,
             "gradient_checkpointing": False,
             "max_prompt_length": 1024,
+            # the warmed-up model's well-formed answers take 23-41 tokens (EOS included): they finish; a malformed
+            # one stops here (every token of 152,064 logits per row is the cost of a generation step)
             "max_completion_length": 48,
             "kl_chunk_size": 16,
             "save_steps": 2,
             "sample_log_steps": 2,
         },
-        "eval": {"n_samples": 5, "max_new_tokens": 48, "batch_size": 16, "max_examples": 8},
+        # same completion budget as training; 32 rows per generate call: a benchmark's 30 samples in one call
+        "eval": {"n_samples": 5, "max_new_tokens": 48, "batch_size": 32, "max_examples": 8},
         "publish": {"registered_model": "vigos-tiny-demo"},
         "tracking": {"experiment": "vigos-local"},
     },

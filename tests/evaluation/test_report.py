@@ -1,7 +1,9 @@
 """The evaluation report: table values, the model card beside ours, a real PNG chart, HTML with it embedded."""
 
+import pytest
 from PIL import Image
 
+from vigos.errors import VigosError
 from vigos.evaluation.report import MODEL_CARD, write_report
 
 SCORES = {
@@ -36,3 +38,13 @@ def test_model_card_numbers():
     assert len(MODEL_CARD["benchmarks"]) == 8
     passes = [p for p, _ in MODEL_CARD["benchmarks"].values()]
     assert round(sum(passes) / 8, 2) == MODEL_CARD["mean"][0]  # the card's mean is the plain mean of the eight
+
+
+def test_report_names_the_prompt_set_and_refuses_a_mixed_comparison(tmp_path):
+    scores, base = {**SCORES, "student_prompt": "release"}, {**BASE, "student_prompt": "release"}
+    paths = write_report(scores, tmp_path / "a", base, model="m")
+    assert "Student prompt set: `release` (base model: the same)." in paths.markdown.read_text()
+    assert "Student prompt set: <code>release</code>" in paths.html.read_text()
+    assert "Student prompt set: `unknown`." in write_report(SCORES, tmp_path / "b").markdown.read_text()
+    with pytest.raises(VigosError, match="'release' student prompt and the base model with 'model-card'"):
+        write_report(scores, tmp_path / "c", {**BASE, "student_prompt": "model-card"})

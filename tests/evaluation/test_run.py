@@ -188,6 +188,30 @@ def test_changed_sampling_settings_refuse_to_resume(cfg, tiny_model_dir, engine,
                  cache_dir=str(tmp_path / "c"))
 
 
+def test_student_prompt_set_is_used_recorded_and_guarded(cfg, tiny_model_dir, engine, tiny_processor, tmp_path):
+    from vigos.data.prompts import format_student_prompt
+    from vigos.evaluation.score import score_responses
+
+    cfg.eval.benchmarks = ["vilp-p"]
+    cfg.eval.max_examples = 1
+    out = tmp_path / "out"
+    run_eval(tiny_model_dir, cfg, out, progress=False, engine=engine, processor=tiny_processor,
+             cache_dir=str(tmp_path / "c"))
+    first = engine.requests[0]
+    problem = first.prompt.split("<|vision_end|>")[-1].split("Problem: ")[1].split("\n")[0]
+    assert format_student_prompt(problem, "release") in first.prompt  # the release's text by default
+    assert score_responses(out / "responses", cfg.eval)["student_prompt"] == "release"
+
+    cfg.prompt.student = "model-card"  # responses of another prompt set are not interchangeable
+    with pytest.raises(VigosError, match="other settings.*student_prompt"):
+        run_eval(tiny_model_dir, cfg, out, progress=False, engine=engine, processor=tiny_processor,
+                 cache_dir=str(tmp_path / "c"))
+    run_eval(tiny_model_dir, cfg, tmp_path / "card", progress=False, engine=engine, processor=tiny_processor,
+             cache_dir=str(tmp_path / "c"))
+    assert format_student_prompt(problem, "model-card") in engine.requests[-1].prompt
+    assert score_responses(tmp_path / "card" / "responses", cfg.eval)["student_prompt"] == "model-card"
+
+
 def test_two_ranks_write_parts_and_rank0_merges(cfg, tiny_model_dir, engine, tiny_processor, tmp_path, monkeypatch):
     """Ranks simulated one after the other (the barrier is a no-op): shards, part files, merge; same samples."""
     cfg.eval.benchmarks = ["cv-bench"]

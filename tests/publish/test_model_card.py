@@ -105,17 +105,19 @@ def test_body_follows_the_seed_card():
     assert "trained for one epoch on LMMs-Lab-Turtle/Vision-SR1-47K using 8 × A100" in text
 
 
-def test_usage_snippet_is_runnable_python_with_the_training_prompt():
-    text = render(repo_id="someone/ViGOS-7B-repro")
+@pytest.mark.parametrize("student_prompt", ["release", "model-card"])
+def test_usage_snippet_is_runnable_python_with_the_training_prompt(student_prompt):
+    text = render(load_config(overrides=[f"prompt.student={student_prompt}"]), repo_id="someone/ViGOS-7B-repro")
     code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
     tree = ast.parse(code)  # valid Python
     assert 'MODEL_ID = "someone/ViGOS-7B-repro"' in code
     assert "max_new_tokens=4096," in code and "temperature=1.0," in code and "top_p=0.90," in code
     assert "top_k=20," in code
     prompt_node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "prompt")
-    question = "How many red blocks are there?"
+    question = "How many {red} blocks are there?"
     rendered = eval(compile(ast.Expression(prompt_node.value), "<card>", "eval"), {"question": question})
-    assert rendered == format_student_prompt(question)  # the model card's prompt is the one the model trained on
+    # the snippet prompts with the text the published model was trained and evaluated with
+    assert rendered == format_student_prompt(question, student_prompt)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +125,7 @@ def test_usage_snippet_is_runnable_python_with_the_training_prompt():
     [
         ("train.learning_rate=1e-5", "Learning rate", "1e-5"),
         ("lora.r=16", "LoRA rank", "16"),
-        ("train.gradient_accumulation_steps=8", "Effective batch size", "64"),
+        ("train.global_batch_size=64", "Effective batch size", "64"),
         ("train.max_steps=300", "Training steps", "300"),
         ("train.rollout_top_k=50", "Rollout top-p / top-k", "0.95 / 50"),
         ("train.kl_token_clip=0.1", "KL clipping", "0.1"),
@@ -138,12 +140,29 @@ def test_hyperparameters_are_the_config_passed(override, row, value):
     assert rows != dict(SEED_HYPERPARAMETERS)
 
 
+def test_opsd_card_shows_its_one_teacher_weight():
+    rows = table(render(load_config(overrides=["train.method=opsd"])), "Training Details")
+    assert rows["Teacher weight (OPSD, one privileged teacher)"] == "1"
+    assert "λ_ref" not in rows and "λ_perc" not in rows
+
+
 def test_tiny_cpu_run_and_hardware():
     rows = table(render(load_config("tiny"), num_gpus=0, gpu_type="A100"), "Training Details")
     assert rows["Training steps"] == "4" and "Training epochs" not in rows
     assert (rows["GPUs"], rows["Optimizer"], rows["Precision"]) == ("CPU", "AdamW", "fp32")
     assert rows["Effective batch size"] == "2" and rows["LoRA rank"] == "8"
-    assert table(render(num_gpus=2, gpu_type="H100"), "Training Details")["Effective batch size"] == "8"
+    # the recorded global batch, whatever the GPU count (the trainer derives the accumulation from it)
+    assert table(render(num_gpus=2, gpu_type="H100"), "Training Details")["Effective batch size"] == "32"
+
+
+def test_effective_batch_of_an_explicit_accumulation_config():
+    cfg = load_config(overrides=["train.gradient_accumulation_steps=4"])  # 1 x 4 x 8 = 32, checked by the trainer
+    assert table(render(cfg), "Training Details")["Effective batch size"] == "32"
+    # a config recorded before `global_batch_size` existed: per-device x accumulation x GPUs
+    old = cfg.to_dict()
+    del old["train"]["global_batch_size"]
+    old["train"]["gradient_accumulation_steps"] = 8
+    assert table(render(train_config=old), "Training Details")["Effective batch size"] == "64"
 
 
 def test_baseline_column_missing_values_and_subset_note():

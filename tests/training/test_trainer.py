@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vigos.config import load_config
+from vigos.config import ConfigError, TrainConfig, load_config
 from vigos.generation import GenerationResult
-from vigos.training.objective import teacher_batches
-from vigos.training.trainer import ViGOSTrainer, answers_match, deepspeed_config
+from vigos.training.losses import KLTerms
+from vigos.training.objective import combine, teacher_batches
+from vigos.training.trainer import ViGOSTrainer, checkpoints_to_delete, deepspeed_config, rollout_correct
 
 VALID = "a red square on white</description><think>the square is red</think> \\boxed{red}"
 INVALID = "a red square and no closing tag"
@@ -70,20 +71,60 @@ def lora_state(model):
 
 def test_deepspeed_config_comes_from_the_typed_config():
     cfg = load_config("paper-7b")
-    ds = deepspeed_config(cfg)
+    ds = deepspeed_config(cfg, 8)
     assert "train_batch_size" not in ds and "auto" not in json.dumps(ds)
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
     assert ds["gradient_clipping"] == 0.1
-    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 8 == 32
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (1, 4)  # 1 x 4 x 8 = 32
+    assert deepspeed_config(cfg, 2)["gradient_accumulation_steps"] == 16  # same global batch on 2 GPUs
+    with pytest.raises(ConfigError, match="train.global_batch_size 32"):
+        deepspeed_config(cfg, 3)
 
 
-def test_answers_match():
-    assert answers_match("Red", "red") and answers_match("3.0", "3") and answers_match("\\boxed{B}", "B")
-    assert not answers_match(None, "3") and not answers_match("4", "3")
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # 3 prompts cannot be split into micro-batches of 2 (the 3-GPU case is in tests/test_config.py)
+        (["train.global_batch_size=3", "train.per_device_train_batch_size=2"],
+         "train.global_batch_size 3 is not a multiple of per-device batch 2 x 1 rank(s) = 2"),
+        # an explicit accumulation that does not multiply out: 1 x 3 x 1 = 3, not 32
+        (["train.global_batch_size=32", "train.gradient_accumulation_steps=3"],
+         "per-device batch 1 x gradient accumulation 3 x 1 rank(s) = 3, not train.global_batch_size 32"),
+        (["train.save_total_limit=0"], "train.save_total_limit is 0; it must be >= 1"),
+    ],
+)
+def test_bad_batch_or_checkpoint_limit_fails_before_loading(tmp_path, overrides, message):
+    # neither the model nor the dataset exists: the ConfigError must come first
+    cfg = tiny_cfg(tmp_path / "no-model", *overrides)
+    with pytest.raises(ConfigError) as e:
+        ViGOSTrainer(cfg, tmp_path / "no-data", tmp_path / "out", progress=False)
+    assert message in str(e.value)
+
+
+def test_rollout_correct_grades_the_last_box_like_evaluation():
+    assert rollout_correct("<think>half</think> \\boxed{0.5}", "1/2")  # the rule grader, not string equality
+    assert rollout_correct("x</think> \\boxed{Red}", "red") and rollout_correct("\\boxed{3.0}", "3")
+    # the LAST box anywhere counts, not the first box after </think>
+    assert rollout_correct("</think> \\boxed{4} on second thought \\boxed{3}", "3")
+    assert not rollout_correct("</think> \\boxed{3} on second thought \\boxed{4}", "3")
+    assert rollout_correct("no think tag at all \\boxed{B}", "B")
+    assert rollout_correct("\\boxed{circle}", "B", ["square", "circle"])  # an option's text answers its letter
+    assert not rollout_correct("no box", "3") and not rollout_correct("\\boxed{3", "3")  # unclosed: no answer
+
+
+def test_opsd_teacher_has_weight_one():
+    """`method: opsd` borrows the reference slot for its one teacher, with weight 1 (not lambda_reference = 2)."""
+    values = torch.tensor([0.2, 0.4])
+    terms = {"reference": KLTerms(values, values, torch.zeros(2, dtype=torch.bool))}
+    anchor = torch.zeros(())
+    opsd, _ = combine(terms, [0.0, 0.0, 2.0], TrainConfig(method="opsd"), anchor)
+    vigos, _ = combine(terms, [0.0, 0.0, 2.0], TrainConfig(method="vigos"), anchor)
+    assert TrainConfig().lambda_reference == 2.0
+    assert opsd.item() == pytest.approx(0.3) and vigos.item() == pytest.approx(0.6)
 
 
 def test_only_language_model_lora_learns(tiny_model_dir, prepared, tmp_path):
-    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=1", "train.gradient_accumulation_steps=1")
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=1", "train.global_batch_size=1")
     trainer = make_trainer(cfg, prepared, tmp_path / "out", texts=[VALID, INVALID])
     model = trainer.model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -106,7 +147,7 @@ def test_loss_falls_on_fixed_rollouts(tiny_model_dir, prepared, tmp_path):
 
     # one batch, seen at every step: a 2-row dataset and a micro-batch of 2
     datasets.load_from_disk(str(prepared)).select(range(2)).save_to_disk(str(tmp_path / "two"))
-    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=20", "train.gradient_accumulation_steps=1",
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=20", "train.global_batch_size=2",
                    "train.per_device_train_batch_size=2", "train.learning_rate=1e-2", "train.save_steps=100",
                    "train.kl_token_clip=10.0", "train.sample_log_steps=0")
     result = make_trainer(cfg, tmp_path / "two", tmp_path / "out", texts=[VALID, INVALID]).train()
@@ -204,7 +245,7 @@ def test_teacher_is_the_base_model_with_adapter_off(tiny_model_dir, tiny_process
 
 
 def test_resume_equals_straight_run(tiny_model_dir, prepared, tmp_path):
-    common = ["train.max_steps=4", "train.save_steps=2", "train.gradient_accumulation_steps=2",
+    common = ["train.max_steps=4", "train.save_steps=2", "train.global_batch_size=2",
               "train.sample_log_steps=0"]
     straight = make_trainer(tiny_cfg(tiny_model_dir, *common), prepared, tmp_path / "a")
     straight.train()
@@ -233,7 +274,7 @@ def test_bad_image_mid_training_is_skipped(tiny_model_dir, prepared, tmp_path):
     rows[1]["images"] = [{"bytes": b"\x89PNG not really", "path": None}]
     broken = datasets.Dataset.from_list(rows, features=ds.features)
     broken.save_to_disk(str(tmp_path / "broken"))
-    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=1", "train.gradient_accumulation_steps=4")
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=1", "train.global_batch_size=4")
     result = make_trainer(cfg, tmp_path / "broken", tmp_path / "out").train()
     assert result.history[0]["skipped_rows"] == 1
 
@@ -262,7 +303,7 @@ def test_two_processes_match_one(peaky_model_dir, prepared, tmp_path, tracking_e
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "vigos.training.launch", "--dataset", str(prepared), "--output", str(out), "--preset", "tiny",
                "--set", f"model.name_or_path={tiny_model_dir}", "--set", "train.max_steps=2",
-               "--set", "train.gradient_accumulation_steps=1",
+               "--set", "train.global_batch_size=2",
                "--set", f"train.per_device_train_batch_size={per_device}", "--set", "train.kl_token_clip=10.0",
                # LoRA dropout masks come from each rank's RNG stream, which no layout can make equal
                "--set", "lora.dropout=0.0"]
@@ -278,3 +319,66 @@ def test_two_processes_match_one(peaky_model_dir, prepared, tmp_path, tracking_e
         assert a["completion_length"] == b["completion_length"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_an_epoch_sees_each_row_once_with_a_short_last_step(tiny_model_dir, prepared, tmp_path):
+    """3 rows at 2 a step: 2 steps, the second with one row (its second micro-step empty); every row once. The
+    logged accuracy and the rollout sample's `correct` use the evaluation grader (0.5 answers 1/2)."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(prepared)).select(range(3))
+    ds.map(lambda r: {"answer": "1/2"}).save_to_disk(str(tmp_path / "three"))
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=-1", "train.num_train_epochs=1", "train.global_batch_size=2",
+                   "train.sample_log_steps=1", "train.save_steps=100")
+    trainer = make_trainer(cfg, tmp_path / "three", tmp_path / "out",
+                           texts=["a red square on white</description><think>half of it</think> \\boxed{0.5}"])
+    assert trainer.accumulation == 2 and trainer.total_steps == 2
+    result = trainer.train()
+    assert len(result.history) == 2
+    for h in result.history:
+        assert h["skipped_rows"] == 0 and h["answer_accuracy"] == 1.0 and h["format_valid_rate"] == 1.0
+        assert h["loss"] == h["loss"] and h["loss"] >= 0  # finite: the empty micro-step divides nothing by zero
+    samples = [[json.loads(line) for line in (tmp_path / "out" / "rollouts" / f"step-{s:06d}.jsonl").open()]
+               for s in (1, 2)]
+    assert [len(s) for s in samples] == [2, 1]
+    assert sorted(r["row"] for s in samples for r in s) == [0, 1, 2]
+    assert all(r["correct"] is True and r["answer"] == "0.5" for s in samples for r in s)
+
+
+def test_checkpoints_to_delete(tmp_path):
+    for name in ("step-1", "step-2", "step-3", "step-10", "step-x", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "latest").write_text("step-10")
+    names = lambda paths: [p.name for p in paths]  # noqa: E731
+    assert names(checkpoints_to_delete(tmp_path, 2, {"step-10"})) == ["step-1", "step-2"]  # by number, not name
+    assert names(checkpoints_to_delete(tmp_path, 1, {"step-2"})) == ["step-1", "step-3"]  # protected stays
+    assert checkpoints_to_delete(tmp_path, 5, set()) == []
+
+
+def test_checkpoint_rotation_and_resume(tiny_model_dir, prepared, tmp_path):
+    out = tmp_path / "out"
+    ckpt = out / "checkpoints"
+
+    def steps_on_disk():
+        return sorted(int(p.name.split("-")[1]) for p in ckpt.glob("step-*"))
+
+    common = ["train.save_steps=1", "train.global_batch_size=1", "train.sample_log_steps=0"]
+    first = make_trainer(tiny_cfg(tiny_model_dir, "train.max_steps=4", "train.save_total_limit=2", *common),
+                         prepared, out, texts=[VALID, INVALID], interrupt_after_step=3)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    assert steps_on_disk() == [2, 3] and (ckpt / "latest").read_text() == "step-3"
+    assert (ckpt / "step-3" / "adapter" / "adapter_config.json").exists()
+
+    # a run that has nothing left to do resumes and saves nothing: it deletes nothing, even with a lower limit
+    done = make_trainer(tiny_cfg(tiny_model_dir, "train.max_steps=3", "train.save_total_limit=1", *common),
+                        prepared, out, texts=[VALID, INVALID])
+    result = done.train()
+    assert result.resumed_from == 3 and result.history == [] and steps_on_disk() == [2, 3]
+
+    # the resumed-from checkpoint goes only once this run has saved a newer one (limit 1: just that one stays)
+    resumed = make_trainer(tiny_cfg(tiny_model_dir, "train.max_steps=4", "train.save_total_limit=1", *common),
+                           prepared, out, texts=[VALID, INVALID])
+    result = resumed.train()
+    assert result.resumed_from == 3 and len(result.history) == 1
+    assert steps_on_disk() == [4] and (ckpt / "latest").read_text() == "step-4"

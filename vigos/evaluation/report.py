@@ -117,6 +117,20 @@ def plot(scores: dict[str, Any], baseline: dict[str, Any] | None, path: Path, ti
     return path
 
 
+def prompt_set(scores: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+    """The student prompt set that produced `scores` (`unknown` for scores from before it was recorded); a
+    baseline scored under another set is refused: the comparison would measure the prompt, not the training."""
+    prompt = scores.get("student_prompt") or "unknown"
+    if baseline is not None and (baseline.get("student_prompt") or "unknown") != prompt:
+        from vigos.errors import VigosError
+
+        raise VigosError(
+            f"the model was evaluated with the {prompt!r} student prompt and the base model with "
+            f"{baseline.get('student_prompt') or 'unknown'!r}: evaluate both with the same prompt.student"
+        )
+    return prompt
+
+
 def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -132,9 +146,11 @@ def write_report(
     graders = sorted({row.get("grader", "rules") for row in scores.get("benchmarks", {}).values()})
     header = ("benchmark", "n", f"this model Pass@{k} / Avg@{k}", "base model", "ViGOS-7B card")
     vheader = ("ViLP", "this model Score / Prior", "base model", "ViGOS-7B card")
+    prompt = prompt_set(scores, baseline)
     lines = [f"# {title}", ""]
     if model:
         lines += [f"Model: `{model}`. Graders: {', '.join(graders) or '-'}. Percentages.", ""]
+    lines += [f"Student prompt set: `{prompt}`" + (" (base model: the same)" if baseline else "") + ".", ""]
     lines += _md_table(header, table_rows(scores, baseline))
     if scores.get("vilp"):
         lines += ["", *_md_table(vheader, vilp_rows(scores, baseline))]
@@ -157,6 +173,7 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>"
         + (f"<p>Model: <code>{html.escape(model)}</code>. Graders: {html.escape(', '.join(graders))}.</p>"
            if model else "")
+        + f"<p>Student prompt set: <code>{html.escape(prompt)}</code>.</p>"
         + html_table(header, table_rows(scores, baseline))
         + (html_table(vheader, vilp_rows(scores, baseline)) if scores.get("vilp") else "")
         + f"<img alt='Pass@k and Avg@k per benchmark' src='data:image/png;base64,{png}'/></body></html>"

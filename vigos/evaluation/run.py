@@ -202,6 +202,7 @@ def _settings(cfg: VigosConfig, params: SamplingParams) -> dict[str, Any]:
         "max_pixels": cfg.model.max_pixels,
         "dtype": cfg.model.dtype,
         "prefill": DESCRIPTION_PREFILL,
+        "student_prompt": cfg.prompt.student,
     }
 
 
@@ -376,7 +377,8 @@ def run_eval(
         # when it read the files (another rank may already be appending to its part).
         ordered = sorted(wanted, key=lambda pair: -_prompt_cost(pair[0], cfg.model.max_pixels))
         mine = [(item, s) for item, s in shard_for_rank(ordered, rank, world) if (item.example_id, s) not in existing]
-        generated = _generate(name, mine, holder, params, ev, out, rank, world, progress, on_chunk)
+        generated = _generate(name, mine, holder, params, ev, cfg.prompt.student, out, rank, world, progress,
+                                  on_chunk)
 
         if world > 1:
             _barrier()  # every rank's part file is complete before rank 0 merges
@@ -402,6 +404,7 @@ def _generate(
     holder: _Model,
     params: SamplingParams,
     ev: EvalConfig,
+    student_prompt: str,
     out: Path,
     rank: int,
     world: int,
@@ -428,7 +431,7 @@ def _generate(
                 if item.example_id not in images:
                     images[item.example_id] = item.images
                 if item.example_id not in prompts:
-                    messages = build_messages(item.problem, images[item.example_id])
+                    messages = build_messages(item.problem, images[item.example_id], prompt=student_prompt)
                     prompts[item.example_id] = build_prompt_text(processor, messages)
                 requests.append(GenerationRequest(prompts[item.example_id], images[item.example_id], ev.seed + s))
             results = engine.generate(requests, params)

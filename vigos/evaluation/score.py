@@ -37,6 +37,20 @@ _SAFE_NAME = re.compile(r"^[\w.+-]+$")  # a benchmark name becomes a file name u
 _FIX = "every response row needs " + ", ".join(REQUIRED_FIELDS) + "; regenerate it with `vigos eval run` or fix it"
 
 
+def generation_settings(responses: Path | Sequence[Path]) -> dict[str, Any]:
+    """The settings `vigos eval run` recorded beside a responses folder (sampling, prompt set, ...), or {}."""
+    from vigos.evaluation.run import RUN_FILE
+
+    if not isinstance(responses, str | os.PathLike) or not (Path(responses) / RUN_FILE).is_file():
+        return {}
+    try:
+        data = json.loads((Path(responses) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    settings = data.get("settings") if isinstance(data, dict) else None
+    return settings if isinstance(settings, dict) else {}
+
+
 def response_files(responses: Path | Sequence[Path]) -> list[Path]:
     """The JSONL files to score: a folder's `*.jsonl` (sorted), a single file, or a list of either."""
     items = [responses] if isinstance(responses, str | os.PathLike) else list(responses)
@@ -204,6 +218,9 @@ def score_responses(
         raise VigosError(f"{responses}: no response rows to score")
     graded = grade_rows(rows, cfg, judge)
     scores = compute_scores(graded, cfg.grader)
+    prompt = generation_settings(responses).get("student_prompt")
+    if prompt:
+        scores["student_prompt"] = prompt  # which prompt set produced these responses (the report names it)
     if judge is not None:
         scores["judge"] = {
             "model": judge.model,

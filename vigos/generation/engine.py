@@ -61,19 +61,26 @@ class SeededSamplingProcessor(LogitsProcessor):
     """
 
     def __init__(
-        self, seeds: torch.Tensor, prompt_width: int, params: SamplingParams, suppress: torch.Tensor | None = None
+        self, seeds: torch.Tensor, prompt_width: int, params: SamplingParams, suppress: torch.Tensor | None = None,
+        record_logprobs: bool = False,
     ) -> None:
         self.seeds = seeds
         self.prompt_width = prompt_width
         self.params = params
         self.suppress = suppress
+        self.logprobs: list[torch.Tensor] | None = [] if record_logprobs else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_width
         p = self.params
+        raw = scores
         if self.suppress is not None and self.suppress.numel():
             scores = scores.index_fill(1, self.suppress, float("-inf"))
         tokens = sample_tokens(scores, self.seeds, step, p.temperature, p.top_k, p.top_p)
+        if self.logprobs is not None:
+            # the model's own log-probability of the drawn token (temperature 1, before any filtering): what the
+            # trainer's forward must reproduce for the same token (the sampling/training mismatch)
+            self.logprobs.append(torch.log_softmax(raw.float(), dim=-1).gather(1, tokens[:, None])[:, 0])
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens[:, None], 0.0)
 
@@ -162,9 +169,11 @@ class HFEngine:
         params: SamplingParams,
         *,
         keep_inputs: bool = False,
+        logprobs: bool = False,
         progress: bool | None = None,
     ) -> list[GenerationResult]:
-        """Sample one completion per request (in request order). `keep_inputs`: attach each row's processor inputs."""
+        """Sample one completion per request (in request order). `keep_inputs`: attach each row's processor inputs;
+        `logprobs`: attach the model's log-probability of every completion token (temperature 1, unfiltered)."""
         requests = list(requests)
         stats = {
             "requests": len(requests),
@@ -192,7 +201,7 @@ class HFEngine:
         try:
             with torch.no_grad():
                 for chunk in chunks:
-                    results.extend(self._generate_chunk(chunk, params, keep_inputs, stats))
+                    results.extend(self._generate_chunk(chunk, params, keep_inputs, logprobs, stats))
                     if bar is not None:
                         bar.update(len(chunk))
         finally:
@@ -207,7 +216,8 @@ class HFEngine:
     # ----------------------------------------------------------------------------------------------------------
 
     def _generate_chunk(
-        self, chunk: list[GenerationRequest], params: SamplingParams, keep_inputs: bool, stats: dict[str, Any]
+        self, chunk: list[GenerationRequest], params: SamplingParams, keep_inputs: bool, logprobs: bool,
+        stats: dict[str, Any],
     ) -> list[GenerationResult]:
         n_real = len(chunk)
         rows = list(chunk)
@@ -239,7 +249,8 @@ class HFEngine:
         device = _device(self.model)
         model_inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         suppress = torch.tensor(self.suppress_token_ids, dtype=torch.long, device=device)
-        sampler = SeededSamplingProcessor(seeds_tensor([r.seed for r in rows], device), width, params, suppress)
+        sampler = SeededSamplingProcessor(seeds_tensor([r.seed for r in rows], device), width, params, suppress,
+                                          record_logprobs=logprobs)
         gen_kwargs: dict[str, Any] = {
             "generation_config": self._generation_config(hf_new_tokens),
             "logits_processor": LogitsProcessorList([sampler]),
@@ -266,6 +277,10 @@ class HFEngine:
             skip_special_tokens=False,
         )
         row_inputs = _row_inputs(batch, mask, chunk, device) if keep_inputs else [None] * n_real
+        row_logprobs: list[list[float] | None] = [None] * n_real
+        if logprobs and sampler.logprobs:
+            table = torch.stack(sampler.logprobs, dim=1)[:n_real].cpu().tolist()  # [rows, decode steps]
+            row_logprobs = [table[i][: len(token_lists[i])] for i in range(n_real)]
         return [
             GenerationResult(
                 token_ids=token_lists[i],
@@ -274,6 +289,7 @@ class HFEngine:
                 seed=chunk[i].seed,
                 prompt_tokens=int(lengths[i]),
                 prompt_inputs=row_inputs[i],
+                logprobs=row_logprobs[i],
             )
             for i in range(n_real)
         ]

@@ -87,6 +87,9 @@ class GenerationResult:
     """With `keep_inputs=True`: this row's processor outputs, unpadded, batch dim 1 (`input_ids`, `attention_mask`,
     `pixel_values`, `image_grid_thw`, and `mm_token_type_ids` where the processor makes it), on the model's device,
     for the trainer's student/teacher forwards."""
+    logprobs: list[float] | None = field(default=None, repr=False)
+    """With `logprobs=True`: the model's log-probability of each token in `token_ids` when it was drawn
+    (temperature 1, before top-k/top-p), float32 logits."""
 
     @property
     def num_tokens(self) -> int:

@@ -48,8 +48,9 @@ CITATION = """@misc{wang2026seeing,
   url={https://arxiv.org/abs/2606.19120}
 }"""
 
-# The seed card's snippet, verbatim but for the @...@ placeholders. Its `prompt` f-string must render exactly
-# `vigos.data.prompts.format_student_prompt(question)` (a test checks it): the model was trained on that text.
+# The seed card's snippet, verbatim but for the @...@ placeholders. Its `prompt` is an f-string that renders
+# exactly `vigos.data.prompts.format_student_prompt(question, <the run's prompt.student>)` (a test checks it): the
+# text the published model was trained and evaluated with (the seed card showed its user-facing paraphrase).
 USAGE_SNIPPET = '''import torch
 from transformers import Qwen2_5_VLForConditionalGeneration, AutoProcessor
 from qwen_vl_utils import process_vision_info
@@ -66,15 +67,7 @@ processor = AutoProcessor.from_pretrained(MODEL_ID)
 image_path = "path/to/image.jpg"
 question = "What is the answer to the visual question?"
 
-prompt = f"""Problem: {question}
-
-You are tasked with analyzing an image to generate a detailed description that can help you answer the question. First analyze the image and produce a self-contained description, detailed enough to lead to the correct answer. Do not include the final answer in the description. Wrap the entire description in <description> </description> tags.
-
-Next, reason step by step based on the image description and the image, and enclose this part within <think> </think> tags.
-
-Finally, provide a single word or phrase answer to the question in \\\\boxed{{}}.
-The output format should be: <description> image description here </description><think> reasoning process here </think> \\\\boxed{{FINAL ANSWER here}}.
-"""
+prompt = @PROMPT@
 
 messages = [
     {
@@ -223,7 +216,7 @@ def render_model_card(
         "```",
         "",
         "```python",
-        usage_snippet(repo_id, ev),
+        usage_snippet(repo_id, ev, (train_config.get("prompt") or {}).get("student", "release")),
         "```",
         "",
         "## Recommended Answer Extraction",
@@ -297,15 +290,24 @@ def render_model_card(
     return "\n".join(lines)
 
 
-def usage_snippet(repo_id: str, ev: Mapping[str, Any]) -> str:
-    """The seed card's usage code for `repo_id`, sampling as the evaluation did."""
+def usage_snippet(repo_id: str, ev: Mapping[str, Any], student_prompt: str = "release") -> str:
+    """The seed card's usage code for `repo_id`, prompting and sampling as the evaluation did."""
     values = {"MODEL_ID": repo_id, "MAX_NEW_TOKENS": str(int(ev["max_new_tokens"])),
               "TEMPERATURE": _num(ev.get("temperature")), "TOP_P": _fixed2(ev.get("top_p")),
-              "TOP_K": str(int(ev["top_k"]))}
+              "TOP_K": str(int(ev["top_k"])), "PROMPT": _prompt_fstring(student_prompt)}
     out = USAGE_SNIPPET
     for key, value in values.items():
         out = out.replace(f"@{key}@", value)
     return out
+
+
+def _prompt_fstring(name: str) -> str:
+    """Python source of an f-string (of `question`) that renders the student prompt `name`."""
+    from vigos.data.prompts import STUDENT_PROMPTS, check_student_prompt
+
+    body = STUDENT_PROMPTS[check_student_prompt(name)].format(problem="\0")
+    body = body.replace("\\", "\\\\").replace("{", "{{").replace("}", "}}").replace("\0", "{question}")
+    return f'f"""{body}"""'
 
 
 def hyperparameter_rows(train: Mapping[str, Any], lora: Mapping[str, Any], num_gpus: int,
@@ -314,7 +316,12 @@ def hyperparameter_rows(train: Mapping[str, Any], lora: Mapping[str, Any], num_g
     max_steps = int(train.get("max_steps", -1))
     length = (("Training steps", _int(max_steps)) if max_steps > 0
               else ("Training epochs", _epochs(train.get("num_train_epochs"))))
-    batch = int(train["per_device_train_batch_size"]) * int(train["gradient_accumulation_steps"]) * max(1, num_gpus)
+    # the recorded global batch (the trainer checks micro-batch x accumulation x ranks against it); a config
+    # recorded before `global_batch_size` existed had an explicit accumulation to multiply out
+    if train.get("global_batch_size"):
+        batch = int(train["global_batch_size"])
+    else:
+        batch = int(train["per_device_train_batch_size"]) * int(train["gradient_accumulation_steps"]) * max(1, num_gpus)
     rows = [
         length,
         ("GPUs", _hardware(num_gpus, gpu_type)),
@@ -340,9 +347,11 @@ def hyperparameter_rows(train: Mapping[str, Any], lora: Mapping[str, Any], num_g
         ("LoRA target modules", _targets(str(lora.get("target_modules", "")))),
         ("Rollout temperature", _num(train.get("rollout_temperature"))),
         ("Rollout top-p / top-k", f"{_num(train.get('rollout_top_p'))} / {_int(train.get('rollout_top_k'))}"),
-        ("λ_perc", _num(train.get("lambda_perception"))),
-        ("λ_rea", _num(train.get("lambda_reasoning"))),
-        ("λ_ref", _num(train.get("lambda_reference"))),
+        # OPSD trains one privileged teacher with weight 1 (vigos.training.objective.combine): no λ applies
+        *([("Teacher weight (OPSD, one privileged teacher)", "1")] if train.get("method") == "opsd" else [
+            ("λ_perc", _num(train.get("lambda_perception"))),
+            ("λ_rea", _num(train.get("lambda_reasoning"))),
+            ("λ_ref", _num(train.get("lambda_reference")))]),
         ("Distillation temperature", _num(train.get("distill_temperature"))),
         ("KL clipping", _num(train.get("kl_token_clip"))),
     ]

@@ -37,9 +37,10 @@ class MlflowLogger:
 def run_training(cfg, dataset: Path, output: Path, *, interrupt_after_step: int | None = None) -> Path:
     """Train on this process's rank; rank 0 logs to MLflow. Returns the adapter folder."""
     from vigos.training.distributed import init_distributed
-    from vigos.training.trainer import ViGOSTrainer
+    from vigos.training.trainer import ViGOSTrainer, check_train_config
 
     info = init_distributed()
+    check_train_config(cfg, info.world_size)  # a batch that cannot be made fails before an MLflow run is opened
     if not info.is_main:
         trainer = ViGOSTrainer(cfg, dataset, output, interrupt_after_step=interrupt_after_step)
         return trainer.train().adapter_dir

@@ -46,15 +46,8 @@ def teacher_batches(
         contexts, tails, starts = [], [], []
         for i in rows:
             ex, p = examples[i], parsed[i]
-            contexts.append(T.context_text(processor, role, ex.problem, ex.answer,
-                                           sees_description=t.reasoning_teacher_sees_description))
-            if role == "perception":
-                s0, end = 0, p.description_tokens[1]
-            elif role == "reasoning":
-                s0 = 0 if t.reasoning_teacher_sees_description else p.reasoning_tokens[0]
-                end = p.reasoning_tokens[1]
-            else:
-                s0, end = 0, p.num_tokens
+            prefill, s0, end = T.segment_tail(role, p, t.reasoning_teacher_sees_description)
+            contexts.append(T.context_text(processor, role, ex.problem, ex.answer, prefill=prefill))
             tails.append(p.token_ids[s0:end])
             starts.append(s0)
         batch = T.build_sequences(processor, contexts, [examples[i].image for i in rows], tails, starts, dtype=dtype)
@@ -112,7 +105,11 @@ def combine(
     terms: dict[str, KLTerms], counts: Sequence[float], t: TrainConfig, anchor: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = l_P * mean_P + l_R * mean_R + l_F * mean_F, each mean over `counts` tokens (all-reduced over ranks by
-    the caller). An empty segment contributes `anchor` (a zero that keeps the graph connected)."""
-    lambdas = {"perception": t.lambda_perception, "reasoning": t.lambda_reasoning, "reference": t.lambda_reference}
+    the caller). An empty segment contributes `anchor` (a zero that keeps the graph connected).
+
+    `method: opsd` has one privileged teacher, weighted 1 (TRAINING.md, "Methods"): it only borrows the
+    `reference` slot, not ViGOS's fallback weight `lambda_reference`."""
+    reference_weight = 1.0 if t.method == "opsd" else t.lambda_reference
+    lambdas = {"perception": t.lambda_perception, "reasoning": t.lambda_reasoning, "reference": reference_weight}
     parts = {k: (terms[k].sum / max(float(counts[i]), 1.0) if k in terms else anchor) for i, k in enumerate(SEGMENTS)}
     return anchor + sum(lambdas[k] * parts[k] for k in SEGMENTS), parts

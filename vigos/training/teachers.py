@@ -26,44 +26,31 @@ from typing import Any
 
 import torch
 
-from vigos.data.prompts import DESCRIPTION_PREFILL, clean_question, format_student_prompt
+from vigos.data.prompts import (
+    DESCRIPTION_PREFILL,
+    THINK_PREFILL,
+    format_reasoning_prompt,
+    format_reference_prompt,
+    format_student_prompt,
+    image_items,
+)
 
-THINK_PREFILL = "<think>"
 ROLES = ("student", "perception", "reasoning", "reference")
 
 
-def format_reasoning_prompt(question: str, answer: str) -> str:
-    """The privileged reasoning teacher: it knows the answer and is asked to derive it, not to state it."""
-    return f"""Problem: {question}
-
-The correct final answer to this problem is: {answer}
-
-Based on the image, derive this answer in your own words, reasoning step by step from what the image shows. Do not just restate the answer: explain how the visual evidence leads to it. Enclose the reasoning within <think> </think> tags, then give the final answer in \\boxed{{}}.
-The output format should be: <think> reasoning process here </think> \\boxed{{FINAL ANSWER here}}.
-"""  # noqa: E501
-
-
-def format_reference_prompt(question: str, answer: str) -> str:
-    """The reference (fallback) teacher: the student's full format instruction plus the reference answer."""
-    return (
-        format_student_prompt(question)
-        + f"\nThe correct final answer is: {answer}. Follow the output format exactly; the description must not "
-        "state the answer.\n"
-    )
-
-
-def context_messages(role: str, question: str, answer: str, image: Any) -> list[dict[str, Any]]:
+def context_messages(
+    role: str, problem: str, answer: str, image: Any, student_prompt: str = "release"
+) -> list[dict[str, Any]]:
     """The user turn of `role`'s context (one image: the student uses the first image, so do the teachers)."""
-    question = clean_question(question)
-    content: list[dict[str, Any]] = [{"type": "image", "image": image}]
+    content = image_items([image])
     if role == "student":
-        content.append({"type": "text", "text": format_student_prompt(question)})
+        content.append({"type": "text", "text": format_student_prompt(problem, student_prompt)})
     elif role == "perception":
         pass  # the image alone: it can only judge what the description says about the image
     elif role == "reasoning":
-        content.append({"type": "text", "text": format_reasoning_prompt(question, answer)})
+        content.append({"type": "text", "text": format_reasoning_prompt(problem, answer)})
     elif role == "reference":
-        content.append({"type": "text", "text": format_reference_prompt(question, answer)})
+        content.append({"type": "text", "text": format_reference_prompt(problem, answer)})
     else:
         raise ValueError(f"unknown role {role!r}; one of {ROLES}")
     return [{"role": "user", "content": content}]
@@ -78,22 +65,63 @@ def context_prefill(role: str, sees_description: bool = False) -> str:
     return ""
 
 
-def context_text(processor: Any, role: str, question: str, answer: str, sees_description: bool = False) -> str:
-    """Chat-template text of `role`'s context, assistant turn opened and prefilled. The image is a placeholder:
-    the template only needs to know there is one; pixels go through the processor."""
-    messages = context_messages(role, question, answer, image=None)
+def context_text(
+    processor: Any, role: str, problem: str, answer: str, sees_description: bool = False,
+    student_prompt: str = "release", prefill: str | None = None,
+) -> str:
+    """Chat-template text of `role`'s context, assistant turn opened and prefilled (`prefill`: the role's own
+    prefill by default; `teacher_prefill` gives the one that joins exactly onto a rollout's tokens). The image is a
+    placeholder: the template only needs to know there is one; pixels go through the processor."""
+    messages = context_messages(role, problem, answer, image=None, student_prompt=student_prompt)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text + context_prefill(role, sees_description)
+    return text + (context_prefill(role, sees_description) if prefill is None else prefill)
+
+
+def segment_tail(role: str, parsed: Any, sees_description: bool = False) -> tuple[str, int, int]:
+    """What `role` reads of one rollout: `(prefill, first, end)`, its context's prefill and the completion tokens
+    `[first, end)` appended after it (as ids).
+
+    The context + appended tokens read exactly as the role's prefill + the student's own text from the segment's
+    start. That needs care where a token straddles a tag edge: Qwen's BPE merges `>` with a following newline, so
+    the reasoning span (which starts right after `<think>`) begins with the token `>\n`, whose `>` belongs to the
+    tag. Appending it after a `<think>` prefill would read `<think>>\n`; instead the prefill gives up the characters
+    the token brings back (`<think` + `>\n...` reads `<think>\n...`), and the token is scored as the student
+    generated it. `parsed` is a `ParsedCompletion`; student/reference/OPSD roles read every token.
+    """
+    prefill = context_prefill(role, sees_description)
+    if role == "perception":
+        return prefill, 0, parsed.description_tokens[1]
+    if role == "reasoning":
+        first, end = parsed.reasoning_tokens
+        if sees_description:  # the student's own turn from its start: nothing straddles its prefill
+            return prefill, 0, end
+        lead = parsed.text[parsed.offsets[first][0]: parsed.segments.reasoning[0]]
+        if lead:
+            if not prefill.endswith(lead):
+                raise ValueError(
+                    f"the reasoning's first token also holds {lead!r}, which is not the end of the prefill "
+                    f"{prefill!r}: this tokenizer merges text before the tag into the reasoning, so no context can "
+                    "read exactly as the prefill + the reasoning"
+                )
+            prefill = prefill[: len(prefill) - len(lead)]
+        return prefill, first, end
+    return prefill, 0, parsed.num_tokens
 
 
 @dataclass
 class SequenceBatch:
-    """Right-padded sequences (context + appended completion tokens) ready for the model."""
+    """Right-padded sequences (context + appended completion tokens) ready for the model.
+
+    `mm_token_type_ids` (0 text, 1 image) is the processor's, zero over appended tokens and padding: with it (and
+    `image_grid_thw`) Qwen2.5-VL computes the same multimodal rotary (mRoPE) positions as at sampling; without
+    it the model silently falls back to 1-D positions (text after a 1,296-token image at 1,617 instead of 357).
+    """
 
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
     pixel_values: torch.Tensor  # all rows' image patches, in row order
     image_grid_thw: torch.Tensor  # [B, 3]
+    mm_token_type_ids: torch.Tensor  # [B, L]
     offset: torch.Tensor  # [B]: position whose hidden state predicts completion token 0
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
@@ -102,11 +130,12 @@ class SequenceBatch:
             "attention_mask": self.attention_mask,
             "pixel_values": self.pixel_values,
             "image_grid_thw": self.image_grid_thw,
+            "mm_token_type_ids": self.mm_token_type_ids,
         }
 
     def to(self, device) -> SequenceBatch:
         return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.pixel_values,
-                                                       self.image_grid_thw, self.offset)))
+                                                       self.image_grid_thw, self.mm_token_type_ids, self.offset)))
 
 
 def build_sequences(
@@ -122,25 +151,29 @@ def build_sequences(
     `start_index[i]` is the completion index of `appended[i][0]` (0 for the student and the perception and
     reference teachers; the first reasoning token for the reasoning teacher).
     """
-    rows, pixels, grids, offsets = [], [], [], []
+    rows, types, pixels, grids, offsets = [], [], [], [], []
     for text, image, tail, s0 in zip(contexts, images, appended, start_index, strict=True):
-        enc = processor(text=[text], images=[image], return_tensors="pt")
+        enc = processor(text=[text], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
         ids = enc["input_ids"][0].tolist()
         offsets.append(len(ids) - 1 - int(s0))
         rows.append(ids + [int(t) for t in tail])
+        types.append(enc["mm_token_type_ids"][0].tolist() + [0] * len(tail))
         pixels.append(enc["pixel_values"])
         grids.append(enc["image_grid_thw"])
     pad_id = processor.tokenizer.pad_token_id
     length = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
+    mm_token_type_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (r, ty) in enumerate(zip(rows, types, strict=True)):
         input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, : len(r)] = 1
+        mm_token_type_ids[i, : len(ty)] = torch.tensor(ty, dtype=torch.long)
     pixel_values = torch.cat(pixels)
     if dtype is not None:
         pixel_values = pixel_values.to(dtype)
-    return SequenceBatch(input_ids, attention_mask, pixel_values, torch.cat(grids), torch.tensor(offsets))
+    return SequenceBatch(input_ids, attention_mask, pixel_values, torch.cat(grids), mm_token_type_ids,
+                         torch.tensor(offsets))
 
 
 def positions(completion_mask: torch.Tensor, offset: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -7,10 +7,12 @@ from the same weights" and batch generation badly), and its checkpoints hold no 
 is adapter + optimizer + scheduler (DeepSpeed) + every rank's RNG + the step (which fixes the data position), and
 a restarted run resumes from the latest one automatically.
 
-Data layout: the rows of optimizer step `s` are positions `[s*G, (s+1)*G)` of a seeded per-epoch permutation,
-G = micro-batch x accumulation x world size; rank r's micro-step m takes positions `(m*world + r)*micro` onwards,
-and row seeds depend on the global position only. So 1 process with micro-batch 2 and 2 processes with
-micro-batch 1 see the same rows, sample the same rollouts and, with token counts all-reduced, compute the same loss.
+Data layout: an epoch is ceil(N / G) optimizer steps over a seeded per-epoch permutation of the N rows, G =
+`train.global_batch_size` = micro-batch x accumulation x world size. Step `s` is step k = s mod ceil(N/G) of its
+epoch and takes that epoch's positions `[k*G, min((k+1)*G, N))`: every row once per epoch, the last step short
+when G does not divide N. Rank r's micro-step m takes the step's positions `(m*world + r)*micro` onwards, and row
+seeds depend on the global position only. So 1 process with micro-batch 2 and 2 processes with micro-batch 1 see
+the same rows, sample the same rollouts and, with token counts all-reduced, compute the same loss.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from vigos.config import VigosConfig
+from vigos.config import ConfigError, TrainConfig, VigosConfig
 from vigos.errors import VigosError
 from vigos.training import teachers as T
 from vigos.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -62,6 +64,7 @@ class Example:
     problem: str
     answer: str
     image: Any
+    options: list[str] | None = None  # multiple-choice option texts, when the row has them (for grading)
 
 
 @dataclass
@@ -72,13 +75,14 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def deepspeed_config(cfg: VigosConfig) -> dict[str, Any]:
-    """The DeepSpeed config, generated from the typed config (no "auto" values: `train_batch_size: auto` breaks
-    multi-rank CPU runs, and every number should come from one place)."""
+def deepspeed_config(cfg: VigosConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for `world_size` ranks, generated from the typed config (no "auto" values:
+    `train_batch_size: auto` breaks multi-rank CPU runs, and every number should come from one place). The
+    accumulation is derived from `train.global_batch_size` (ConfigError when the numbers cannot make it)."""
     t = cfg.train
     return {
         "train_micro_batch_size_per_gpu": t.per_device_train_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "gradient_accumulation_steps": t.accumulation_steps(world_size),
         "gradient_clipping": t.max_grad_norm,
         "bf16": {"enabled": t.bf16},
         "zero_optimization": {
@@ -92,6 +96,48 @@ def deepspeed_config(cfg: VigosConfig) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def check_train_config(cfg: VigosConfig, world_size: int) -> int:
+    """The run's gradient accumulation; ConfigError (naming the field and the fix) for settings that cannot run
+    on `world_size` ranks. Cheap: called before any model or data is loaded."""
+    t = cfg.train
+    if t.save_total_limit < 1:
+        raise ConfigError(f"train.save_total_limit is {t.save_total_limit}; it must be >= 1 (the newest checkpoint "
+                          "is what a preempted run resumes from)")
+    return t.accumulation_steps(world_size)
+
+
+def steps_per_epoch(num_rows: int, global_batch: int) -> int:
+    """Optimizer steps that see each of `num_rows` rows once (the last one short when `global_batch` does not
+    divide `num_rows`)."""
+    return max(1, math.ceil(num_rows / global_batch))
+
+
+def total_steps(t: TrainConfig, num_rows: int) -> int:
+    """Optimizer steps of the run: `max_steps` when > 0, else ceil(num_train_epochs x steps per epoch)."""
+    if t.max_steps > 0:
+        return t.max_steps
+    # the epsilon keeps float noise (0.1 * 30 = 3.0000000000000004) from adding a step
+    return max(1, math.ceil(t.num_train_epochs * steps_per_epoch(num_rows, t.global_batch_size) - 1e-9))
+
+
+def step_positions(step: int, num_rows: int, global_batch: int) -> range:
+    """Global data positions (epoch * num_rows + offset, see `TrainData.row_at`) of optimizer step `step`. They
+    stop at the end of the step's epoch, so no step mixes two epochs' permutations and no row repeats in an epoch."""
+    epoch, k = divmod(step, steps_per_epoch(num_rows, global_batch))
+    first = epoch * num_rows
+    return range(first + k * global_batch, first + min((k + 1) * global_batch, num_rows))
+
+
+def micro_batch_positions(
+    step: int, num_rows: int, *, micro: int, accumulation: int, rank: int, world: int
+) -> list[list[int]]:
+    """Rank `rank`'s positions for each of the `accumulation` micro-steps of `step`: the step's slots
+    `(m*world + rank)*micro` onwards. Slots are global, so the split does not depend on how micro x world is
+    factored; on a short step the trailing micro-batches (even a whole rank's) are empty."""
+    positions = step_positions(step, num_rows, micro * accumulation * world)
+    return [list(positions[(m * world + rank) * micro:][:micro]) for m in range(accumulation)]
 
 
 class TrainData:
@@ -126,22 +172,26 @@ class TrainData:
             image = record["images"][0].convert("RGB")
         except Exception:  # noqa: BLE001 - any decode failure of one row must not stop a multi-hour run
             return None
-        return Example(position, row, record["problem"], record["answer"], image)
+        return Example(position, row, record["problem"], record["answer"], image, record.get("options") or None)
 
 
-def answers_match(predicted: str | None, reference: str) -> bool:
-    """Verifier for logging only (never in the loss): case/space-insensitive match, numbers within 1e-6."""
-    if predicted is None:
-        return False
-    from vigos.data.answers import normalize_answer
+def rollout_correct(completion: str, reference: str, options: Sequence[str] | None = None) -> bool:
+    """The logged verifier (never in the loss): the completion's LAST boxed answer anywhere, graded against the
+    reference exactly as evaluation grades (score.py's extraction, answer type and rule grader), so training
+    accuracy and benchmark accuracy agree (`0.5` answers `1/2`). `reference` is data prep's normalised answer."""
+    from vigos.data.answers import answer_type
+    from vigos.evaluation.extract import extract_answer
+    from vigos.evaluation.grade import grade
 
-    a, b = (re.sub(r"\s+", " ", normalize_answer(x)).strip().casefold() for x in (predicted, reference))
-    if a == b:
-        return True
-    try:
-        return math.isclose(float(a.replace(",", "")), float(b.replace(",", "")), rel_tol=1e-6, abs_tol=1e-9)
-    except ValueError:
-        return False
+    return grade(extract_answer(completion), reference, answer_type(reference, options), options)
+
+
+def checkpoints_to_delete(folder: Path, keep: int, protect: set[str]) -> list[Path]:
+    """The `step-N` folders under `folder` beyond the newest `keep` (by N), oldest first, except the tags in
+    `protect` (what `latest` points to). `keep` >= 1 (the trainer checks `train.save_total_limit` at start)."""
+    steps = sorted((int(m.group(1)), p) for p in folder.glob("step-*")
+                   if p.is_dir() and (m := re.fullmatch(r"step-(\d+)", p.name)))
+    return [p for _, p in steps[:-keep] if p.name not in protect]
 
 
 class ViGOSTrainer:
@@ -164,12 +214,11 @@ class ViGOSTrainer:
         self.progress = progress
         self._engine_override = engine  # a generation Engine (tests: fixed rollouts); default HFEngine
         self.dist: DistInfo = init_distributed()
+        # config checks first: a batch that cannot be made, or a bad checkpoint limit, fails before any loading
+        self.accumulation = check_train_config(cfg, self.dist.world_size)
+        self.global_batch = self.t.global_batch_size  # == micro-batch x accumulation x world size, checked above
         self.data = TrainData(dataset_dir, self.t.seed)
-        self.global_batch = self.t.per_device_train_batch_size * self.t.gradient_accumulation_steps * self.dist.world_size
-        if self.t.max_steps > 0:
-            self.total_steps = self.t.max_steps
-        else:
-            self.total_steps = max(1, math.ceil(self.t.num_train_epochs * len(self.data) / self.global_batch))
+        self.total_steps = total_steps(self.t, len(self.data))
         self._build()
 
     # ---------------------------------------------------------------------------------------------- setup
@@ -196,7 +245,8 @@ class ViGOSTrainer:
         scheduler = get_scheduler(self.t.lr_scheduler_type, optimizer, num_warmup_steps=self.t.warmup_steps,
                                   num_training_steps=self.total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(self.cfg)
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(self.cfg, self.dist.world_size),
         )
         self.model = self.engine.module  # the PEFT model (ZeRO-2 keeps parameters whole on every rank)
         self.dtype = next(self.model.parameters()).dtype
@@ -209,7 +259,7 @@ class ViGOSTrainer:
         self.eos_ids = getattr(self.generator, "eos_token_ids", None) or _eos_ids(self.model)
 
     def _rows_per_rank(self) -> int:
-        return self.t.per_device_train_batch_size * self.t.gradient_accumulation_steps
+        return self.t.per_device_train_batch_size * self.accumulation
 
     # ---------------------------------------------------------------------------------------------- loop
 
@@ -244,13 +294,14 @@ class ViGOSTrainer:
 
     def _examples(self, step: int) -> list[list[Example | None]]:
         """This rank's micro-batches of optimizer step `step` (None where an image failed to decode)."""
-        pd, world = self.t.per_device_train_batch_size, self.dist.world_size
-        base = step * self.global_batch
-        micro = []
-        for m in range(self.t.gradient_accumulation_steps):
-            first = base + (m * world + self.dist.rank) * pd
-            micro.append([self.data.example(first + k) for k in range(pd)])
-        return micro
+        micro = micro_batch_positions(step, len(self.data), micro=self.t.per_device_train_batch_size,
+                                      accumulation=self.accumulation, rank=self.dist.rank, world=self.dist.world_size)
+        return [[self.data.example(p) for p in mb] for mb in micro]
+
+    def _active_micro_steps(self, step: int) -> int:
+        """Micro-steps of `step` that hold a row on some rank (all of them except on an epoch's short last step)."""
+        rows = len(step_positions(step, len(self.data), self.global_batch))
+        return max(1, math.ceil(rows / (self.t.per_device_train_batch_size * self.dist.world_size)))
 
     def _row_seed(self, position: int) -> int:
         return self.t.seed * 1_000_003 + position
@@ -260,13 +311,15 @@ class ViGOSTrainer:
 
         timings: dict[str, float] = defaultdict(float)
         micro = self._examples(step)
-        skipped = sum(ex is None for mb in micro for ex in mb)
+        active = self._active_micro_steps(step)
+        skipped = sum(ex is None for mb in micro for ex in mb)  # decode failures only: a short step has no Nones
         micro = [[ex for ex in mb if ex is not None] for mb in micro]
         flat = [ex for mb in micro for ex in mb]
 
         # 1. rollouts: every rollout of this step, one batched call, current weights (LoRA on, eval mode)
         t0 = time.perf_counter()
-        prompts = [T.context_text(self.processor, "student", ex.problem, ex.answer) for ex in flat]
+        prompts = [T.context_text(self.processor, "student", ex.problem, ex.answer,
+                                  student_prompt=self.cfg.prompt.student) for ex in flat]
         requests = [GenerationRequest(p, [ex.image], self._row_seed(ex.position)) for p, ex in zip(prompts, flat, strict=False)]
         results = self.generator.generate(requests, self.sampling)
         parsed = [parse_completion(self.processor, r.token_ids, eos_token_ids=self.eos_ids) for r in results]
@@ -278,27 +331,26 @@ class ViGOSTrainer:
         for mb in micro:
             mb_parsed, mb_prompts = parsed[i : i + len(mb)], prompts[i : i + len(mb)]
             i += len(mb)
-            stats = self._micro_step(mb, mb_prompts, mb_parsed, timings)
+            stats = self._micro_step(mb, mb_prompts, mb_parsed, timings, active)
             for k, v in stats.items():
                 sums[k] += v
         grad_norm = self.engine.get_global_grad_norm()
         lr = self.scheduler.get_last_lr()[0] if hasattr(self.scheduler, "get_last_lr") else self.t.learning_rate
 
         # metrics: rollout statistics summed over ranks
+        correct_rows = [rollout_correct(p.text, ex.answer, ex.options) for p, ex in zip(parsed, flat, strict=True)]
         local = torch.tensor([
-            len(parsed), sum(p.valid for p in parsed), sum(p.truncated for p in parsed),
-            sum(answers_match(p.segments.answer, ex.answer) for p, ex in zip(parsed, flat, strict=False)),
+            len(parsed), sum(p.valid for p in parsed), sum(p.truncated for p in parsed), sum(correct_rows),
             sum(p.num_tokens for p in parsed),
             sum(p.description_tokens[1] - p.description_tokens[0] for p in parsed if p.valid),
             sum(p.reasoning_tokens[1] - p.reasoning_tokens[0] for p in parsed if p.valid),
             skipped,
         ], dtype=torch.float64)
         n, valid, truncated, correct, comp_tok, desc_tok, reas_tok, skipped_all = all_reduce_sum(local).tolist()
-        accum = self.t.gradient_accumulation_steps
         step_time = sum(timings.values())
-        metrics = {
-            "loss": sums["loss"] / accum,
-            **{f"loss_{k}": sums[f"loss_{k}"] / accum for k in ("perception", "reasoning", "ref")},
+        metrics = {  # micro-step means over the micro-steps that held rows (`active` >= 1)
+            "loss": sums["loss"] / active,
+            **{f"loss_{k}": sums[f"loss_{k}"] / active for k in ("perception", "reasoning", "ref")},
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "learning_rate": float(lr),
             "format_valid_rate": valid / max(n, 1),
@@ -313,12 +365,12 @@ class ViGOSTrainer:
             "tokens_per_second": comp_tok / max(step_time, 1e-9) / self.dist.world_size,
         }
         if self.dist.is_main and self.t.sample_log_steps > 0 and (step + 1) % self.t.sample_log_steps == 0:
-            self._log_samples(step + 1, flat, parsed)
+            self._log_samples(step + 1, flat, parsed, correct_rows)
         return metrics
 
     def _micro_step(
         self, examples: Sequence[Example], prompts: Sequence[str], parsed: Sequence[ParsedCompletion],
-        timings: dict[str, float],
+        timings: dict[str, float], active: int,
     ) -> dict[str, float]:
         t = self.t
         self.engine.train()
@@ -331,8 +383,9 @@ class ViGOSTrainer:
         anchor = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0  # keeps a graph when empty
         loss, parts = combine(terms, counts.tolist(), t, anchor)
         # DeepSpeed averages gradients over ranks and divides by the accumulation steps: scale by the world size
-        # so the gradient is that of the global token mean.
-        self.engine.backward(loss * self.dist.world_size)
+        # so the gradient is that of the global token mean, and by accumulation / active micro-steps so an epoch's
+        # short last step (empty trailing micro-steps) averages over the micro-steps it has, like any other step.
+        self.engine.backward(loss * (self.dist.world_size * self.accumulation / active))
         timings["student"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -353,19 +406,20 @@ class ViGOSTrainer:
 
     # ---------------------------------------------------------------------------------------------- I/O
 
-    def _log_samples(self, step: int, examples: Sequence[Example], parsed: Sequence[ParsedCompletion]) -> None:
+    def _log_samples(self, step: int, examples: Sequence[Example], parsed: Sequence[ParsedCompletion],
+                     correct: Sequence[bool]) -> None:
         folder = self.output_dir / "rollouts"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{step:06d}.jsonl"
         with open(path, "w") as f:
-            for ex, p in zip(examples, parsed, strict=False):
+            for ex, p, ok in zip(examples, parsed, correct, strict=True):
                 seg = p.segments
                 f.write(json.dumps({
                     "step": step, "row": ex.row, "problem": ex.problem, "reference": ex.answer,
                     "completion": p.text, "valid": seg.valid, "invalid_reason": seg.reason,
                     "description": p.text[slice(*seg.description)] if seg.description else None,
                     "reasoning": p.text[slice(*seg.reasoning)] if seg.reasoning else None,
-                    "answer": seg.answer, "correct": answers_match(seg.answer, ex.answer),
+                    "answer": seg.answer, "correct": ok,
                     "truncated": p.truncated, "num_tokens": p.num_tokens,
                 }) + "\n")
         self.logger.log_artifact(str(path), "rollouts")
@@ -373,12 +427,31 @@ class ViGOSTrainer:
     def _save_checkpoint(self, step: int) -> None:
         folder = self.output_dir / CHECKPOINTS
         tag = f"step-{step}"
+        # `latest` is written by us, last and atomically, so it only ever names a complete checkpoint (DeepSpeed
+        # would write it before the RNG states and the adapter are on disk)
         self.engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step},
-                                    exclude_frozen_parameters=True)
+                                    exclude_frozen_parameters=True, save_latest=False)
         torch.save(_rng_state(), folder / tag / f"rng_rank{self.dist.rank}.pt")
         if self.dist.is_main:
             self.model.save_pretrained(str(folder / tag / ADAPTER))
+        barrier()  # every rank's files are written
+        if self.dist.is_main:
+            _atomic_write(folder / "latest", tag)
+            self._rotate_checkpoints(folder, tag)
         barrier()
+
+    def _rotate_checkpoints(self, folder: Path, latest: str) -> None:
+        """Delete the checkpoints beyond the newest `train.save_total_limit` (main rank, after `latest` moved).
+
+        Rotation runs only here, right after this run completed a checkpoint newer than the one it resumed from,
+        so the resumed checkpoint is never deleted before a newer one exists; `latest` is always kept."""
+        import shutil
+
+        for old in checkpoints_to_delete(folder, self.t.save_total_limit, {latest}):
+            try:
+                shutil.rmtree(old)
+            except OSError as e:  # a full-disk warning beats losing a multi-hour run to a cleanup failure
+                print(f"[vigos] warning: could not delete old checkpoint {old}: {e}", flush=True)
 
     def _resume(self) -> int:
         folder = self.output_dir / CHECKPOINTS
