@@ -102,13 +102,23 @@ class _StepLog(io.TextIOBase):
 
 
 def prepare_inputs(home: Path, rows: int, benchmarks: list[str], seed: int = 0) -> tuple[Path, Path, list[str]]:
-    """Build (or reuse) the tiny model, the synthetic training set and benchmark fixtures under `home`."""
+    """Build (or reuse) the tiny model, warm it up, the synthetic training set and benchmark fixtures under `home`.
+
+    The DAG's base model is the warmed-up one: a random model never writes the ViGOS format, so without the
+    warm-up every rollout would be malformed and only the reference teacher would ever run.
+    """
     from vigos.data.synthetic import write_synthetic
     from vigos.modeling.tiny import build_tiny_model
+    from vigos.modeling.warmup import WarmupSettings, read_warmup_info, warm_up_model
 
     t0 = _phase("building the tiny random Qwen2.5-VL")
-    model_dir = build_tiny_model(home / "tiny-model", seed=seed)
-    _done(t0, str(model_dir))
+    tiny_dir = build_tiny_model(home / "tiny-model", seed=seed)
+    _done(t0, str(tiny_dir))
+    t0 = _phase("warming it up on well-formed ViGOS answers (so some rollouts are well formed: every teacher runs)")
+    model_dir = warm_up_model(tiny_dir, home / "tiny-model-warm", WarmupSettings(seed=seed))  # cached
+    info = read_warmup_info(model_dir)
+    _done(t0, f"{model_dir} ({info['settings']['steps']} steps, loss {info['first_loss']:.3g} -> "
+              f"{info['final_loss']:.3g})")
     t0 = _phase(f"generating {rows} rows of synthetic data (Vision-SR1-47K schema, parquet as on the Hub)")
     data_dir = home / f"synthetic-{rows}-{seed}"
     if not (data_dir / "data").exists():
@@ -205,8 +215,11 @@ def _find_run(experiment: str, started_ms: int):
 KEY_METRICS = {
     "prepare-data": lambda m: f"{m.get('rows_out', 0):.0f} rows kept ({m.get('rows_in', 0):.0f} in, "
     f"{sum(v for k, v in m.items() if k.startswith('dropped_')):.0f} dropped)",
-    "train": lambda m: f"final loss {m.get('final_loss', float('nan')):.4g}, "
-    f"format-valid {m.get('final_format_valid_rate', 0):.0%}, {m.get('steps', 0):.0f} steps",
+    # means over the run's steps: the three teachers' losses (perception and reasoning score well-formed rollouts,
+    # reference the malformed ones) and the share of well-formed rollouts
+    "train": lambda m: f"mean loss perception {m.get('mean_loss_perception', 0):.3g} / reasoning "
+    f"{m.get('mean_loss_reasoning', 0):.3g} / reference {m.get('mean_loss_ref', 0):.3g}, format-valid "
+    f"{m.get('mean_format_valid_rate', 0):.0%}, {m.get('steps', 0):.0f} steps",
     "merge": lambda m: f"{m.get('shards', 0):.0f} shard(s), probe |diff| {m.get('probe_max_abs_diff', 0):.2g}",
     "evaluate-base": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",
     "evaluate-model": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",

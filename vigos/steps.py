@@ -209,19 +209,32 @@ def train(
             raise RuntimeError(f"training exited with code {proc.returncode} (its log is above)")
         state = json.loads((work / "trainer_state.json").read_text())
         final = state["history"][-1] if state["history"] else {}
-        summary = {f"final_{k}": v for k, v in final.items()} | {"steps": state["steps"]}
+        means = _train_means(state["history"])
+        summary = {f"final_{k}": v for k, v in final.items()} | means | {"steps": state["steps"]}
         log_metrics(summary)
     if Path(adapter_dir).exists():
         shutil.rmtree(adapter_dir)
     shutil.copytree(work / "adapter", adapter_dir)
     keys = ("loss", "format_valid_rate", "answer_accuracy", "truncated_rate", "tokens_per_second")
-    metrics = {k: float(final[k]) for k in keys if k in final} | {"steps": float(state["steps"])}
+    metrics = {k: float(final[k]) for k in keys if k in final} | means | {"steps": float(state["steps"])}
     return StepResult(metrics=metrics, markdown=_train_markdown(cfg, state))
+
+
+# Averaged over the run's steps for the summary: one step's value says little (a tiny run's last step may hold no
+# well-formed rollout, so its perception/reasoning losses are 0), the run's mean shows which teachers had work.
+_MEAN_KEYS = ("loss", "loss_perception", "loss_reasoning", "loss_ref", "format_valid_rate", "answer_accuracy")
+
+
+def _train_means(history: list[dict[str, float]]) -> dict[str, float]:
+    """`mean_<key>` over the steps of this run, for the losses of the three teachers and the rollout rates."""
+    return {f"mean_{k}": sum(h[k] for h in history) / len(history)
+            for k in _MEAN_KEYS if history and all(k in h for h in history)}
 
 
 def _train_markdown(cfg: VigosConfig, state: dict[str, Any]) -> str:
     hist = state["history"]
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
+    mean = {k[len("mean_"):]: v for k, v in _train_means(hist).items()}
     rows = [("loss", "loss"), ("perception KL", "loss_perception"), ("reasoning KL", "loss_reasoning"),
             ("reference KL", "loss_ref"), ("format-valid rate", "format_valid_rate"),
             ("answer accuracy", "answer_accuracy"), ("truncated rate", "truncated_rate"),
@@ -232,9 +245,10 @@ def _train_markdown(cfg: VigosConfig, state: dict[str, Any]) -> str:
         f"Method `{cfg.train.method}`, base `{cfg.model.name_or_path}`, {state['steps']} optimizer steps"
         + (f" (resumed from step {state['resumed_from']})" if state.get("resumed_from") else "") + ".",
         "",
-        "| metric | first step | last step |",
-        "|---|---:|---:|",
-        *(f"| {name} | {first.get(k, float('nan')):.4g} | {last.get(k, float('nan')):.4g} |" for name, k in rows),
+        "| metric | first step | last step | mean over steps |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {first.get(k, float('nan')):.4g} | {last.get(k, float('nan')):.4g} | "
+          + (f"{mean[k]:.4g} |" if k in mean else "|") for name, k in rows),
     ]
     return "\n".join(lines) + "\n"
 
@@ -296,7 +310,8 @@ def evaluate(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     nproc = _processes(gpus)
-    params = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"eval.model": model_path}
+    params = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"eval.model": model_path,
+                                                                           "prompt.student": cfg.prompt.student}
     with step_run(f"evaluate-{label}", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment,
                   params=params):
         if nproc > 1:

@@ -76,10 +76,20 @@ def _check_train(client, train_run, run_dir, tmp_path):
     for key in ("loss", "loss_perception", "loss_reasoning", "loss_ref", "grad_norm", "learning_rate",
                 "format_valid_rate", "answer_accuracy", "truncated_rate", "completion_length",
                 "clipped_token_fraction_reference", "time_rollout", "time_teachers", "time_student",
-                "time_optimizer", "tokens_per_second", "final_loss"):
+                "time_optimizer", "tokens_per_second", "final_loss", "mean_loss_perception", "mean_loss_reasoning",
+                "mean_loss_ref", "mean_format_valid_rate"):
         assert key in metrics, key
     steps = [m.step for m in client.get_metric_history(train_run.info.run_id, "loss")]
     assert steps == [1, 2, 3, 4]  # every optimizer step of the tiny preset
+    # The demo exercises the method: its warmed-up base writes the ViGOS format some of the time, so some rollouts
+    # are well formed (perception and reasoning teachers) and some are not (reference teacher).
+    history = {k: [m.value for m in client.get_metric_history(train_run.info.run_id, k)]
+               for k in ("loss_perception", "loss_reasoning", "loss_ref", "format_valid_rate")}
+    for key in ("loss_perception", "loss_reasoning", "loss_ref"):
+        assert len(history[key]) == 4 and any(v > 0 for v in history[key]), (key, history)
+    valid = history["format_valid_rate"]
+    assert 0 < sum(valid) / len(valid) < 1, valid  # equal rollouts per step: the run's share of valid rollouts
+    assert metrics["mean_format_valid_rate"] == pytest.approx(sum(valid) / len(valid))
     assert train_run.data.params["train.method"] == "vigos" and train_run.data.params["lora.r"] == "8"
     samples = [a.path for a in client.list_artifacts(train_run.info.run_id, "rollouts")]
     assert samples == ["rollouts/step-000002.jsonl", "rollouts/step-000004.jsonl"]
@@ -87,7 +97,8 @@ def _check_train(client, train_run, run_dir, tmp_path):
     assert {"completion", "valid", "answer", "correct", "reference"} <= set(row)
     adapter = run_dir / "train" / "adapter"
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
-    assert "# ViGOS training" in (run_dir / "train" / "summary").read_text()
+    summary = (run_dir / "train" / "summary").read_text()
+    assert "# ViGOS training" in summary and "mean over steps" in summary
 
 
 def _check_eval(client, by_name, run_dir, parent):

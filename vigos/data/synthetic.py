@@ -304,3 +304,38 @@ def _write_jsonl(ds: datasets.Dataset, out: Path) -> None:
                 (out / rel).write_bytes(image["bytes"])
                 paths.append(rel)
             f.write(json.dumps({**row, "images": paths}) + "\n")
+
+
+# --- well-formed answers (the demo's warm-up) ------------------------------------------------------------------
+# A randomly initialised model never writes the ViGOS format, so the demo warms its tiny model on short answers
+# in that format first (vigos/modeling/warmup.py). The texts below are per question kind, not per image: they only
+# have to teach the shape of an answer (description, reasoning, box), and building them draws nothing from a row's
+# random generator, so the rows themselves stay exactly as they were.
+
+SCENE_DESCRIPTIONS: dict[str, str] = {
+    "count": "Some coloured shapes on a plain background.",
+    "colour": "One or more coloured shapes.",
+    "shape": "A single coloured shape.",
+    "yes_no": "A few coloured shapes.",
+    "bar_chart": "A bar chart on a grid.",
+}
+"""A one-line scene description per question kind (`data_source` is `synthetic/<kind>`)."""
+
+REASONING_STEPS: dict[str, str] = {
+    "count": "I count the matching shapes.",
+    "colour": "I look at the shape's colour.",
+    "shape": "I match the shape to an option.",
+    "yes_no": "I check each shape and colour.",
+    "bar_chart": "I read the bars against the grid.",
+}
+"""A one-line reasoning per question kind."""
+
+
+def row_kind(row: Row) -> str:
+    """The question kind of a synthetic row (`count`, `colour`, `shape`, `yes_no`, `bar_chart`)."""
+    return str(row["data_source"]).split("/", 1)[1]
+
+
+def synthetic_rows(n: int, seed: int) -> list[Row]:
+    """The `n` valid rows of `make_synthetic(n, seed)` as plain dicts (images as PNG bytes), without `datasets`."""
+    return [_row(seed, i) for i in range(n)]

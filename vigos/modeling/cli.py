@@ -8,15 +8,17 @@ from typing import Annotated
 import typer
 
 from vigos.config import PRESETS
+from vigos.modeling.warmup import WarmupSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 _TINY_DEFAULT_DIR = PRESETS["tiny"]["model"]["name_or_path"]
+_WARMUP = WarmupSettings()
 
 
 @app.callback()
 def _group() -> None:
-    """Model utilities (tiny random Qwen2.5-VL for the demo and tests)."""
+    """Model utilities (tiny random Qwen2.5-VL for the demo and tests, and its warm-up)."""
 
 
 @app.command("tiny")
@@ -43,3 +45,43 @@ def tiny(
     status = "already built" if reused else f"built in {time.perf_counter() - started:.2f} s"
     typer.echo(str(path))
     typer.echo(f"{info.get('parameters', 0):,} parameters (seed {info.get('seed')}, {status})")
+
+
+@app.command("warm-up")
+def warm_up(
+    base: Annotated[
+        Path, typer.Option("--base", help="A tiny build (`vigos model tiny`) to start from.")
+    ] = Path(_TINY_DEFAULT_DIR),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the warmed-up model to.")] = Path(
+        _TINY_DEFAULT_DIR + "-warm"
+    ),
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = _WARMUP.steps,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (linear decay to 0).")] = (
+        _WARMUP.learning_rate
+    ),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and of the warm-up rows.")] = 0,
+    check: Annotated[
+        int, typer.Option("--check", help="Then sample this many rollouts as training does; print the valid share.")
+    ] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Redo it even if the output already holds it.")] = False,
+) -> None:
+    """Warm a tiny build up on well-formed ViGOS answers, so some of its rollouts are well formed (the demo's base).
+
+    A short supervised pass on synthetic answers: every teacher of the objective then gets work."""
+    import dataclasses
+    import time
+
+    from vigos.modeling.warmup import WarmupSettings, read_warmup_info, valid_share, warm_up_model
+
+    settings = dataclasses.replace(WarmupSettings(), steps=steps, learning_rate=learning_rate, seed=seed)
+    before = read_warmup_info(output).get("fingerprint")
+    started = time.perf_counter()
+    path = warm_up_model(base, output, settings, force=force)
+    info = read_warmup_info(path)
+    reused = not force and before is not None and before == info.get("fingerprint")
+    status = "already done" if reused else f"done in {time.perf_counter() - started:.1f} s"
+    typer.echo(str(path))
+    loss = f"loss {info['first_loss']:.3g} -> {info['final_loss']:.3g}"
+    typer.echo(f"{info['settings']['steps']} steps, {loss} ({status})")
+    if check > 0:
+        typer.echo(f"well-formed rollouts: {valid_share(path, rows=check):.0%} of {check}")
