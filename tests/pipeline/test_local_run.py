@@ -83,10 +83,18 @@ def _check_train(client, train_run, run_dir, tmp_path):
     assert steps == [1, 2, 3, 4]  # every optimizer step of the tiny preset
     # The demo exercises the method: its warmed-up base writes the ViGOS format some of the time, so some rollouts
     # are well formed (perception and reasoning teachers) and some are not (reference teacher).
-    history = {k: [m.value for m in client.get_metric_history(train_run.info.run_id, k)]
-               for k in ("loss_perception", "loss_reasoning", "loss_ref", "format_valid_rate")}
-    for key in ("loss_perception", "loss_reasoning", "loss_ref"):
+    losses = {"perception": "loss_perception", "reasoning": "loss_reasoning", "reference": "loss_ref"}
+    keys = [*losses.values(), "format_valid_rate", *(f"clipped_token_fraction_{k}" for k in losses)]
+    history = {k: [m.value for m in sorted(client.get_metric_history(train_run.info.run_id, k), key=lambda m: m.step)]
+               for k in keys}
+    for key in losses.values():
         assert len(history[key]) == 4 and any(v > 0 for v in history[key]), (key, history)
+    # ... and every teacher gives a gradient: the warmed-up base follows each teacher's context, so in some step
+    # each one scored tokens (loss > 0) and not all of them were clipped (a token whose KL reaches the clip gives
+    # no gradient; before the warm-up covered the teachers' contexts, the perception teacher clipped all of them)
+    for segment, loss in losses.items():
+        per_step = zip(history[loss], history[f"clipped_token_fraction_{segment}"], strict=True)
+        assert any(v > 0 and fraction < 1 for v, fraction in per_step), (segment, history)
     valid = history["format_valid_rate"]
     assert 0 < sum(valid) / len(valid) < 1, valid  # equal rollouts per step: the run's share of valid rollouts
     assert metrics["mean_format_valid_rate"] == pytest.approx(sum(valid) / len(valid))

@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,35 +127,49 @@ def build_tiny_model(
     Skips the work when `output_dir` already holds a complete build with the same seed and spec (unless
     `force`). Refuses to overwrite a non-empty folder that is not a tiny build.
     """
-    out = Path(output_dir).expanduser().absolute()
     spec = _resolve_spec(spec or TinySpec())
-    fingerprint = _fingerprint(seed, spec)
-    if not force and read_build_info(out).get("fingerprint") == fingerprint:
-        return out
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER_FILE).exists())):
-        raise VigosError(f"{out} exists and is not a tiny-model build; choose another --output or remove it first")
+    return cached_folder(output_dir, MARKER_FILE, _fingerprint(seed, spec), lambda tmp: _write_build(tmp, seed, spec),
+                         what="a tiny-model build", force=force)
 
+
+def cached_folder(
+    output_dir: str | Path, marker: str, fingerprint: str, write: Callable[[Path], dict[str, Any]], *,
+    what: str, force: bool = False,
+) -> Path:
+    """Build a folder once, atomically: `write(tmp)` fills a temp folder beside `output_dir` and returns facts for
+    the JSON `marker`, written last with the `fingerprint` and the seconds taken; the temp folder is then renamed
+    onto `output_dir` (an older build there moved aside first). A folder whose marker holds the same fingerprint is
+    reused as it is (unless `force`); a non-empty folder without the marker is refused (`what` names the kind).
+    A crash leaves the previous folder intact and no temp folder behind."""
+    out = Path(output_dir).expanduser().absolute()
+    if not force and _read_marker(out, marker).get("fingerprint") == fingerprint:
+        return out
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise VigosError(f"{out} exists and is not {what}; choose another --output or remove it first")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         started = time.perf_counter()
-        info = _write_build(tmp, seed, spec)
+        info = write(tmp)
         info.update(fingerprint=fingerprint, build_seconds=round(time.perf_counter() - started, 3))
-        (tmp / MARKER_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        _swap_into_place(tmp, out, fingerprint)
+        (tmp / marker).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        _swap_into_place(tmp, out, marker, fingerprint)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def read_build_info(model_dir: str | Path) -> dict[str, Any]:
-    """The marker of a complete tiny build (seed, spec, parameter count, ...), or {} if there is none."""
-    marker = Path(model_dir) / MARKER_FILE
+def _read_marker(folder: Path, marker: str) -> dict[str, Any]:
     try:
-        return json.loads(marker.read_text())
+        return json.loads((Path(folder) / marker).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_build_info(model_dir: str | Path) -> dict[str, Any]:
+    """The marker of a complete tiny build (seed, spec, parameter count, ...), or {} if there is none."""
+    return _read_marker(Path(model_dir), MARKER_FILE)
 
 
 def count_parameters(model_dir: str | Path) -> int:
@@ -203,7 +218,7 @@ def _fingerprint(seed: int, spec: TinySpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _swap_into_place(tmp: Path, out: Path, fingerprint: str) -> None:
+def _swap_into_place(tmp: Path, out: Path, marker: str, fingerprint: str) -> None:
     """Rename the finished build onto `out`; an older build (or an empty folder) there is moved aside first."""
     old = None
     if out.exists():
@@ -216,7 +231,7 @@ def _swap_into_place(tmp: Path, out: Path, fingerprint: str) -> None:
         tmp.rename(out)
     except OSError:
         # Another process finished the same build first: fine if it is ours.
-        if read_build_info(out).get("fingerprint") != fingerprint:
+        if _read_marker(out, marker).get("fingerprint") != fingerprint:
             raise
     finally:
         if old is not None:

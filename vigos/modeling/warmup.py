@@ -1,27 +1,42 @@
 """Warm the tiny random Qwen2.5-VL up on well-formed ViGOS answers, so the CPU demo exercises every teacher.
 
 A randomly initialised model never writes `</description>`, `<think>`, `</think>` and a `\\boxed{}` in that order,
-so every demo rollout would be malformed and only the reference teacher would ever run. `warm_up_model(base, out)`
-fixes that with a short supervised pass, done here with plain torch + transformers:
+so every demo rollout would be malformed and only the reference teacher would ever run. And the teachers are the
+same model in other contexts: a model that only knows the student's context finds the student's tokens unlikely
+in the perception and reasoning teachers' (nearly every perception token's KL above the 0.05 clip: no gradient
+from that teacher), where a real instruct model follows each prompt. `warm_up_model(base, out)` fixes both with a
+short supervised pass, done here with plain torch + transformers:
 
 - Data: synthetic rows (`vigos.data.synthetic`, their own seed, not the demo's training rows), each with a
   completion `{description}</description>\\n<think>\\n{reasoning}\\n</think>\\n\\boxed{answer}<|im_end|>` (the
   description and reasoning are one line per question kind; about 30 tokens in all).
-- Context: exactly the student's in training: `teachers.context_text(processor, "student", ...)` (chat template,
-  the release's student text, the `<description>` prefill) through the processor with the row's image, at the
-  `tiny` preset's pixel budget. The completion's tokens are appended as ids, as a rollout's would be.
+- Contexts: each row four times, in the student's context and in each teacher's, exactly as the trainer builds
+  them (`teachers.context_text`: chat template, the release's texts, the row's image through the processor at the
+  `tiny` preset's pixel budget), each answered as a prompt-following model would (`role_texts`): student and
+  reference (`<description>` prefill): the full completion; perception (the image alone): the description and
+  its closing tag; reasoning (image, problem, reference answer): `<think>\\n{reasoning}\\n</think>\\n\\boxed{answer}`,
+  the same token ids as the trainer's context (ending in `<think`: `teachers.segment_tail`) followed by the
+  student's tokens from `>\\n` on. The completion's tokens are appended as ids, as a rollout's would be; batches
+  draw from the pooled 4 x 64 examples.
 - Loss: cross-entropy on the completion tokens only (EOS included, so answers stop), with the softmax taken over
-  the completions' own vocabulary (66 of the 152,064 lm_head rows). Over the full vocabulary the softmax is ~0.3 s
-  of a ~0.45 s step on 2 cores and the format needs 100+ steps (~45 s); restricted, a step takes ~0.1 s and 80
-  steps (~8 s) do. Sampling still sees all 152,064 logits: the rows never trained keep their random init (logits
-  near 0, far below the trained tokens'), and the share of well-formed rollouts below is measured that way.
-  AdamW (fused) on all weights, linear decay to 0, seeded, batches in a seeded order: the result is a pure
-  function of (base, settings) on one machine.
+  the completions' own vocabulary (67 of the 152,064 lm_head rows) plus one column standing for all the others
+  (they keep their random init, logits near 0: a column at log(their count) makes this the full-vocabulary
+  cross-entropy within ~0.02 nats, so the trained tokens end up holding most of the full softmax's mass, as the
+  trainer's full-vocabulary KL sees them). Over the full vocabulary the softmax is ~0.3 s of a ~0.45 s step on 2
+  cores and the format needs 100+ steps (~45 s); restricted, and with only the embedding rows the examples use
+  (254) and the lm_head rows of that vocabulary trained as small tables (the other rows never get a gradient;
+  no dense [152,064 x 64] gradients to fill and update), a step takes ~0.05 s and the 110 steps 5-6 s (7 s in
+  all in the demo; 10-15 s in a fresh process, which also imports the processor code). AdamW (fused), linear
+  decay to 0, seeded, batches in a seeded order: the result is a pure function of (base, settings) on one
+  machine.
 - Few steps on purpose: the demo wants a model that writes the format *sometimes*, so both the perception and
   reasoning teachers (well-formed rollouts) and the reference teacher (malformed ones) get work. Sampled as
   training samples rollouts (T 1.1, top-p 0.95, top-k 20, 48 new tokens) on the demo's training rows, the default
-  settings give 56% well-formed of 64 rollouts (warm-up seeds 1 and 2: 45% and 81%); 60 steps give 39%, 100
-  give 72%.
+  settings give 59% well-formed of 64 rollouts (warm-up seeds 1 and 2: 55% and 41%); 90 steps give 23%, 130
+  give 89%. Scored by the teachers as in the demo's first train step (LoRA still zero: student = base), 64 such
+  rollouts have 15% of the perception teacher's tokens clipped, 9% of the reasoning teacher's and under 1% of
+  the reference teacher's (mean clipped KL per token 0.012, 0.007, 0.002); with the student-only warm-up of
+  version 1: 98%, 79% and 47%.
 
 The output folder holds the full model + the base's processor files (loaded like the tiny build, with
 `AutoProcessor.from_pretrained` / `Qwen2_5_VLForConditionalGeneration.from_pretrained`), written atomically (temp
@@ -34,19 +49,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vigos.errors import VigosError
 from vigos.modeling.tiny import MARKER_FILE as TINY_MARKER
-from vigos.modeling.tiny import read_build_info
+from vigos.modeling.tiny import cached_folder, read_build_info
 
-WARMUP_VERSION = 1  # bump when a change here changes the weights it writes (it is part of the cache key)
+WARMUP_VERSION = 2  # bump when a change here changes the weights it writes (it is part of the cache key)
 MARKER_FILE = "vigos_warmup.json"
 """Written last: its presence means the warm-up is complete; it holds the fingerprint, settings and final loss."""
 DATA_SEED_OFFSET = 1000
@@ -58,12 +72,13 @@ class WarmupSettings:
     """How long and how hard to warm up (tuned for the `tiny` preset's rollout sampling, see the module docstring
     for the share of well-formed rollouts it gives)."""
 
-    steps: int = 80
+    steps: int = 110
     batch_size: int = 8
-    learning_rate: float = 2e-2
+    learning_rate: float = 4e-3
     """Peak rate of AdamW, decayed linearly to 0 over `steps`."""
     rows: int = 64
-    """Distinct synthetic rows, cycled through in a seeded order."""
+    """Distinct synthetic rows, each in the student's and the three teachers' contexts (`ROLES`): the examples
+    are cycled through in a seeded order."""
     seed: int = 0
 
 
@@ -77,6 +92,35 @@ def completion_text(row: dict[str, Any]) -> str:
     answer = normalize_answer(row["answer"])
     return (f"{SCENE_DESCRIPTIONS[kind]}{DESCRIPTION_CLOSE}\n{THINK_OPEN}\n{REASONING_STEPS[kind]}\n{THINK_CLOSE}\n"
             f"{BOX_OPEN}{answer}}}")
+
+
+def role_texts(processor: Any, row: dict[str, Any], role: str) -> tuple[str, str]:
+    """(context, completion) texts of `row` in `role`'s context: what a prompt-following model answers there (EOS
+    not included). Each context is the trainer's own (`teachers.context_text`), so the warmed model has seen every
+    context a teacher reads, the way a real instruct model has seen prompts like them.
+
+    - student / reference: their `<description>` prefill, then the full well-formed completion;
+    - perception (the image alone, no prefill): the description and its closing tag, then it stops. The teacher
+      scores the description tokens only, but the last of them carries the `</` of `</description>` (Qwen's BPE
+      reads `.</`), so the description ends as the student's does; without the problem there is nothing to
+      reason about, so nothing follows;
+    - reasoning (no prefill here): `<think>\\n{reasoning}\\n</think>\\n\\boxed{answer}`, as the prompt asks.
+      Tokenised on its own that reads `<th` `ink` `>\\n` ..., the same ids as the trainer's context, which ends in
+      `<think` (`segment_tail` gives up the `>` that the student's first reasoning token `>\\n` brings back),
+      followed by the student's tokens from `>\\n` on (checked by tests/modeling/test_warmup.py).
+    """
+    from vigos.training.segments import DESCRIPTION_CLOSE, THINK_OPEN
+    from vigos.training.teachers import ROLES, context_text
+
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; one of {ROLES}")
+    full = completion_text(row)
+    if role in ("student", "reference"):
+        return context_text(processor, role, row["problem"], row["answer"]), full
+    context = context_text(processor, role, row["problem"], row["answer"], prefill="")
+    if role == "perception":
+        return context, full[: full.index(DESCRIPTION_CLOSE) + len(DESCRIPTION_CLOSE)]
+    return context, full[full.index(THINK_OPEN):]
 
 
 def warm_up_model(
@@ -93,28 +137,16 @@ def warm_up_model(
     base without a tiny-build marker, and a non-empty `output_dir` that is not a warm-up output.
     """
     base = Path(base_dir).expanduser().absolute()
-    out = Path(output_dir).expanduser().absolute()
     settings = settings or WarmupSettings()
-    fingerprint = warmup_fingerprint(base, settings)
-    if not force and read_warmup_info(out).get("fingerprint") == fingerprint:
-        return out
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER_FILE).exists())):
-        raise VigosError(f"{out} exists and is not a warm-up output; choose another --output or remove it first")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        started = time.perf_counter()
+    def write(tmp: Path) -> dict[str, Any]:
         info = _train(base, tmp, settings, progress)
-        info.update(fingerprint=fingerprint, base=str(base), base_fingerprint=read_build_info(base)["fingerprint"],
-                    version=WARMUP_VERSION, settings=dataclasses.asdict(settings),
-                    seconds=round(time.perf_counter() - started, 2))
-        (tmp / MARKER_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        _swap(tmp, out, fingerprint)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        info.update(base=str(base), base_fingerprint=read_build_info(base)["fingerprint"], version=WARMUP_VERSION,
+                    settings=dataclasses.asdict(settings))
+        return info
+
+    return cached_folder(output_dir, MARKER_FILE, warmup_fingerprint(base, settings), write,
+                         what="a warm-up output", force=force)
 
 
 def read_warmup_info(model_dir: str | Path) -> dict[str, Any]:
@@ -179,13 +211,26 @@ def _train(base: Path, out: Path, settings: WarmupSettings, progress: bool) -> d
     cfg = load_config("tiny", values={"model.name_or_path": str(base)})
     processor = load_processor(cfg.model, padding_side="right")
     examples = _examples(processor, settings)
-    vocab = torch.tensor(sorted({t for ex in examples for t in ex["completion_ids"]}))  # sorted: searchsorted maps
+    pad_id = processor.tokenizer.pad_token_id
+    # sorted token ids (searchsorted maps them to table rows): every token the completions use (the softmax's
+    # vocabulary, see the module docstring) and every token any input holds
+    vocab = torch.tensor(sorted({t for ex in examples for t in ex["completion_ids"]}))
+    seen = torch.tensor(sorted({t for ex in examples for t in ex["context_ids"] + ex["completion_ids"]} | {pad_id}))
 
     with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
         torch.manual_seed(settings.seed)
         model = load_model(cfg.model).train()
-        # fused: one kernel over all 19.6 M weights (the for-each version is ~0.1 s of a ~0.2 s step on 2 cores)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0, fused=True)
+        # Only the embedding rows of `seen` and the lm_head rows of `vocab` can ever get a gradient: train those
+        # rows as two small tables, written back below. Same AdamW math (no weight decay: a row whose gradient is
+        # always 0 never moves), without a dense [152,064 x 64] gradient per matrix to fill, clip, update and
+        # free every step (about half of a step's time on 2 cores).
+        embed, head = model.get_input_embeddings().weight, model.lm_head.weight
+        embed.requires_grad_(False)
+        head.requires_grad_(False)
+        tables = (torch.nn.Parameter(embed[seen].clone()), torch.nn.Parameter(head[vocab].clone()))
+        params = [p for p in model.parameters() if p.requires_grad] + list(tables)
+        # fused: one kernel over all the weights (the for-each version is several times slower on 2 cores)
+        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0, fused=True)
         # linear decay to 0: the last steps settle the weights instead of leaving them mid-oscillation (with a
         # constant rate the share of well-formed rollouts jumps around from one step count to the next)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0 - i / settings.steps)
@@ -199,14 +244,16 @@ def _train(base: Path, out: Path, settings: WarmupSettings, progress: bool) -> d
                 if not queue:
                     queue = order.sample(range(len(examples)), len(examples))
                 batch.append(examples[queue.pop()])
-            loss = _completion_loss(model, batch, processor.tokenizer.pad_token_id, vocab)
+            loss = _completion_loss(model, batch, pad_id, (seen, tables[0]), (vocab, tables[1]))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3g}", refresh=False)  # shown with the next update
+        with torch.no_grad():
+            embed[seen], head[vocab] = tables
         model.eval()
 
     from transformers.utils import logging as hf_logging
@@ -228,35 +275,38 @@ def _train(base: Path, out: Path, settings: WarmupSettings, progress: bool) -> d
 
 
 def _examples(processor: Any, settings: WarmupSettings) -> list[dict[str, Any]]:
-    """Each row's student context (processor outputs with its image) and completion token ids (EOS last)."""
+    """Each row in each role's context (`ROLES`): the context (processor outputs with the row's image) and the
+    completion's token ids (EOS last), rows major."""
     import io
 
     from PIL import Image
 
     from vigos.data.synthetic import synthetic_rows
-    from vigos.training.teachers import context_text
+    from vigos.training.teachers import ROLES
 
     tok = processor.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     examples = []
     for row in synthetic_rows(settings.rows, DATA_SEED_OFFSET + settings.seed):
         image = Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB")
-        context = context_text(processor, "student", row["problem"], row["answer"])
-        enc = processor(text=[context], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
-        completion = tok(completion_text(row), add_special_tokens=False)["input_ids"] + [eos]
-        examples.append({
-            "context_ids": enc["input_ids"][0].tolist(),
-            "mm_token_type_ids": enc["mm_token_type_ids"][0].tolist(),
-            "pixel_values": enc["pixel_values"],
-            "image_grid_thw": enc["image_grid_thw"],
-            "completion_ids": completion,
-        })
+        for role in ROLES:
+            context, completion = role_texts(processor, row, role)
+            enc = processor(text=[context], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
+            examples.append({
+                "role": role,
+                "context_ids": enc["input_ids"][0].tolist(),
+                "mm_token_type_ids": enc["mm_token_type_ids"][0].tolist(),
+                "pixel_values": enc["pixel_values"],
+                "image_grid_thw": enc["image_grid_thw"],
+                "completion_ids": tok(completion, add_special_tokens=False)["input_ids"] + [eos],
+            })
     return examples
 
 
-def _completion_loss(model: Any, batch: list[dict[str, Any]], pad_id: int, vocab):
-    """Mean cross-entropy of the completion tokens given their contexts (right-padded batch), the softmax over
-    `vocab` (sorted token ids: every token the completions use; see the module docstring)."""
+def _completion_loss(model: Any, batch: list[dict[str, Any]], pad_id: int, embed, head):
+    """Mean cross-entropy of the completion tokens given their contexts (right-padded batch). `embed` and `head`
+    are (sorted token ids, their trained rows) of the input embedding and of the lm_head; the softmax is over
+    `head`'s tokens (every token the completions use; see the module docstring)."""
     import torch
 
     rows = [ex["context_ids"] + ex["completion_ids"] for ex in batch]
@@ -271,25 +321,24 @@ def _completion_loss(model: Any, batch: list[dict[str, Any]], pad_id: int, vocab
         attention_mask[i, : len(r)] = 1
         mm_types[i, :n_ctx] = torch.tensor(ex["mm_token_type_ids"])
         target[i, n_ctx : len(r)] = True
-    # mm_token_type_ids: the model then computes the same multimodal rotary positions as when sampling
+    seen, embed_rows = embed
+    vocab, head_rows = head
+    # F.embedding, not embed_rows[...]: its backward sums repeated tokens in a fixed order (indexing's accumulate
+    # does not, and the weights would differ from run to run)
+    embeds = torch.nn.functional.embedding(torch.searchsorted(seen, input_ids), embed_rows)
+    # input_ids still go in: they place the image features and (with mm_token_type_ids) give the model the same
+    # multimodal rotary positions as when sampling
     hidden = model.model(
-        input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
+        input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask, mm_token_type_ids=mm_types,
         pixel_values=torch.cat([ex["pixel_values"] for ex in batch]),
         image_grid_thw=torch.cat([ex["image_grid_thw"] for ex in batch]),
     ).last_hidden_state
     # position p predicts token p + 1: only the positions that predict a completion token, only `vocab`'s rows
-    logits = hidden[:, :-1][target[:, 1:]] @ model.lm_head.weight[vocab].T
+    logits = hidden[:, :-1][target[:, 1:]] @ head_rows.T
+    # The other lm_head rows keep their random init: logits near 0. One column at log(their count) stands for all
+    # of them, so this is (nearly) the full-vocabulary cross-entropy: the trained tokens must outweigh ~150,000
+    # untrained ones, as they do when the trainer's teachers and student score them over the full vocabulary.
+    rest = math.log(model.lm_head.weight.shape[0] - len(vocab))
+    logits = torch.cat([logits, logits.new_full((len(logits), 1), rest)], dim=1)
     labels = torch.searchsorted(vocab, input_ids[:, 1:][target[:, 1:]])
     return torch.nn.functional.cross_entropy(logits.float(), labels)
-
-
-def _swap(tmp: Path, out: Path, fingerprint: str) -> None:
-    """The tiny build's atomic swap (older output moved aside, then rename); a concurrent identical warm-up that
-    finished first is fine."""
-    from vigos.modeling.tiny import _swap_into_place
-
-    try:
-        _swap_into_place(tmp, out, fingerprint)
-    except OSError:  # its own check reads the tiny-build marker; a warm-up output has ours
-        if read_warmup_info(out).get("fingerprint") != fingerprint:
-            raise
