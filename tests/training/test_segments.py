@@ -233,6 +233,19 @@ def test_decode_matches_tokenizer_on_random_ids(trained_tokenizer):
         assert covered == set(range(len(text)))
 
 
+def test_decode_matches_the_real_qwen_vocabulary_on_random_ids(tiny_processor):
+    """Qwen's 151,643 BPE entries: random ids split multi-byte characters in every way the real model can."""
+    tok = tiny_processor.tokenizer.backend_tokenizer
+    rng = random.Random(1)
+    for _ in range(30):
+        ids = [rng.randrange(151643) for _ in range(rng.randint(0, 60))]
+        text, offsets = decode_with_offsets(tiny_processor.tokenizer, ids)
+        assert text == tok.decode(ids, skip_special_tokens=False)
+        assert len(offsets) == len(ids)
+        assert all(s0 <= s1 and e0 <= e1 for (s0, e0), (s1, e1) in itertools.pairwise(offsets))
+        assert {c for s, e in offsets for c in range(s, e)} == set(range(len(text)))
+
+
 def test_real_tokenizer_tags_split_across_tokens(trained_tokenizer):
     tok = trained_tokenizer
     text = "A red cube, 中文 🙂.</description>\n<think>The cube is red.</think> \\boxed{\\frac{1}{2}}. Done."
