@@ -1,13 +1,14 @@
 """Teacher contexts and the token alignment between student and teacher sequences.
 
 One network plays every teacher: the frozen base model, i.e. the policy with its LoRA adapter disabled, in eval
-mode, under no_grad (no second copy of the 7B weights). Teachers differ only in their context (TRAINING.md):
+mode, under no_grad (no second copy of the 7B weights). Teachers differ only in their context (docs/training.md;
+every text is the release's, in vigos/data/prompts.py):
 
-| role       | context (user turn, then assistant prefill)                                   | scores              |
-|------------|-------------------------------------------------------------------------------|---------------------|
-| perception | the image only; assistant turn opened, no prefill                             | description tokens  |
-| reasoning  | image + question + reference answer + "derive it step by step"; `<think>`     | reasoning tokens    |
-| reference  | image + question + reference answer + the full three-part format; `<description>` | every token (invalid rollouts) |
+| role       | context (user turn, then assistant prefill)                                       | scores              |
+|------------|-----------------------------------------------------------------------------------|---------------------|
+| perception | the image only; assistant turn opened, no prefill                                 | description tokens  |
+| reasoning  | image + problem + reference solution + "derive the same final answer"; `<think>`  | reasoning tokens    |
+| reference  | image + problem + reference solution + the three-part format; `<description>`     | every token (invalid rollouts) |
 
 The student's completion tokens are appended (as ids, never re-tokenised) after each context, and positions are
 aligned by completion index: in a sequence whose appended tokens start at completion index `s0`, the hidden
@@ -70,7 +71,7 @@ def context_text(
     student_prompt: str = "release", prefill: str | None = None,
 ) -> str:
     """Chat-template text of `role`'s context, assistant turn opened and prefilled (`prefill`: the role's own
-    prefill by default; `teacher_prefill` gives the one that joins exactly onto a rollout's tokens). The image is a
+    prefill by default; `segment_tail` gives the one that joins exactly onto a rollout's tokens). The image is a
     placeholder: the template only needs to know there is one; pixels go through the processor."""
     messages = context_messages(role, problem, answer, image=None, student_prompt=student_prompt)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
