@@ -30,9 +30,9 @@ import torch
 from vigos.data.prompts import (
     DESCRIPTION_PREFILL,
     THINK_PREFILL,
+    build_messages,
     format_reasoning_prompt,
     format_reference_prompt,
-    format_student_prompt,
     image_items,
 )
 
@@ -43,10 +43,10 @@ def context_messages(
     role: str, problem: str, answer: str, image: Any, student_prompt: str = "release"
 ) -> list[dict[str, Any]]:
     """The user turn of `role`'s context (one image: the student uses the first image, so do the teachers)."""
+    if role == "student":  # evaluation's own messages: the student is prompted in training as it is scored
+        return build_messages(problem, [image], prompt=student_prompt)
     content = image_items([image])
-    if role == "student":
-        content.append({"type": "text", "text": format_student_prompt(problem, student_prompt)})
-    elif role == "perception":
+    if role == "perception":
         pass  # the image alone: it can only judge what the description says about the image
     elif role == "reasoning":
         content.append({"type": "text", "text": format_reasoning_prompt(problem, answer)})
