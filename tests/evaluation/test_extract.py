@@ -1,4 +1,4 @@
-"""Answer extraction: the last balanced box, no fall-back past an unclosed one, then <answer> tags."""
+"""Answer extraction: the last balanced box; when it gives no answer, the last <answer> tag, never an earlier box."""
 
 import pytest
 
@@ -24,7 +24,18 @@ from vigos.evaluation.extract import extract_answer
         ("<answer>B</answer>", "B"),
         ("<answer>A</answer> changed my mind <answer> C </answer>", "C"),  # the last tag
         ("<answer>A</answer> \\boxed{C}", "C"),  # a box wins over a tag
-        ("<answer>A</answer> \\boxed{C", None),  # an unclosed box is no answer even with a tag before it
+        ("<answer>A</answer> \\boxed{C", "A"),  # an unclosed last box: the last <answer>, not an earlier box
+        ("\\boxed{B} <answer>A</answer> \\boxed{C", "A"),
+        ("<answer>A</answer> \\boxed{}", "A"),  # empty last box
+        ("<answer>D</answer> \\boxed{None}", "D"),
+        ("<answer>D</answer> \\boxed{\\text{None}}", "D"),
+        ("<answer>None</answer> \\boxed{None}", None),
+        ("\\boxed{Final answer: 42}", "42"),
+        ("\\boxed{Answer: B}", "B"),
+        ("<answer>Final Answer: (C)</answer>", "(C)"),
+        ("\\boxed{The final answer is: 7}", "7"),
+        ("\\boxed{Answers vary}", "Answers vary"),  # only a lead-in with a colon is stripped
+        ("so \\boxed {B}.", "B"),
         ("<answer></answer>", None),
         ("The answer is B.", None),
         ("", None),

@@ -144,10 +144,11 @@ def test_extract_then_grade(response, reference, kind, expected):
 
 
 def test_parse_number():
-    assert parse_number("1,234.50 m") == (1234.5, 2, False)
-    assert parse_number("\\frac{1}{4}") == (0.25, None, False)
-    assert parse_number("12%") == (12.0, 0, True)
-    assert parse_number("twelve") is None
+    assert parse_number("1,234.50 m") == (1234.5, 2, False, 6)
+    assert parse_number("\\frac{1}{4}") == (0.25, None, False, None)
+    assert parse_number("12%") == (12.0, 0, True, 2)
+    assert parse_number("twelve") == (12.0, 0, False, 2)
+    assert parse_number("twelve or thirteen") is None
     assert parse_number("1/0") is None
     assert numbers_match("red", "3") is None
 
