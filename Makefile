@@ -42,6 +42,7 @@ bench: install  ## CPU benchmarks (ratios measured side by side; GPU runs: see b
 	$(BIN)/python benchmarks/kl_memory.py --device cpu --vocab 8192 --hidden 256 --tokens 512 1024 --chunk-size 64 auto
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/grading.py
 
 clean:  ## Remove local run state (keeps .venv)
 	rm -rf .vigos build .pytest_cache

@@ -173,9 +173,13 @@ class EvalConfig:
     """Images per question passed to the model, in order (EVALUATION.md: up to 16)."""
     sources: list[str] = field(default_factory=list)
     """`benchmark=path` entries pointing a benchmark at a local copy in its Hub schema (default: the Hub)."""
-    grader: Literal["rules", "judge", "rules+judge"] = "rules"
-    """`rules`: the rule grader alone; `judge`: the LLM judge decides; `rules+judge`: the judge only where the
-    rules say incorrect (a backup)."""
+    grader: Literal["auto", "rules", "judge", "rules+judge"] = "auto"
+    """`auto`: each benchmark's own default grader (the LLM judge for open-ended MM-Vet when a judge is configured,
+    else rules, marked "rules (approximate)"; rules elsewhere); `rules`: the rule grader alone; `judge`: the LLM
+    judge decides; `rules+judge`: the judge only where the rules say incorrect (a backup)."""
+    grade_processes: int = 1
+    """Worker processes for rule grading (1: in-process). Grading is cheap beside generation; more help only
+    with very large response sets (benchmarks/grading.py)."""
     judge_base_url: str = ""
     """OpenAI-compatible endpoint of the LLM judge (empty: no judge)."""
     judge_model: str = ""

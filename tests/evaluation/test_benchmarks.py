@@ -117,6 +117,24 @@ def test_cv_bench_reference_form(fixtures):
         assert item.problem == row["prompt"] and item.options == row["choices"]
         assert item.answer_type == "multiple_choice"
         assert item.meta["type"] == row["type"] and item.meta["task"] == row["task"]
+        assert item.meta["source"] == row["source"] and item.meta["idx"] == row["idx"]
+    assert {it.meta["source"] for it in items} == {"ADE20K", "COCO", "Omni3D"}  # the official overall's three
+
+
+def test_cv_bench_row_without_source_is_kept(tmp_path):
+    def row(source):
+        return {"idx": 0, "type": "2D", "task": "Count", "image": {"bytes": _png(), "path": None},
+                "prompt": "How many? (A) 1 (B) 2", "choices": ["1", "2"], "answer": "(B)", "source": source}
+
+    features = Features({"idx": Value("int32"), "type": Value("string"), "task": Value("string"), "image": Image(),
+                         "prompt": Value("string"), "choices": List(Value("string")), "answer": Value("string"),
+                         "source": Value("string")})
+    datasets.Dataset.from_list([row("COCO"), row(None), row(" ")], features=features).save_to_disk(
+        str(tmp_path / "cv"))
+    loaded = load_benchmark("cv-bench", source=str(tmp_path / "cv"))
+    assert not loaded.skipped
+    assert [it.meta.get("source") for it in loaded.items] == ["COCO", None, None]
+    assert "source" not in loaded.items[1].meta and loaded.items[1].meta["type"] == "2D"
 
 
 def test_mmmu_pro_subsets_and_quota(fixtures):

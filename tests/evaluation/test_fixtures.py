@@ -44,6 +44,14 @@ def test_real_schemas(written):
                                             "image3", "answer3"}
 
 
+def test_cv_bench_rows_cover_the_three_sources(written):
+    root, _ = written
+    (path,) = (root / "cv-bench").rglob("*.parquet")
+    ds = datasets.Dataset.from_parquet(str(path))
+    # 2D rows alternate ADE20K / COCO, 3D rows are Omni3D: CV-Bench's official overall needs all three
+    assert list(zip(ds["type"], ds["source"], strict=True)) == [("2D", "ADE20K"), ("2D", "COCO"), ("3D", "Omni3D")]
+
+
 def test_fixtures_load_back_with_the_right_counts_and_types(written, tmp_path):
     _, sources = written
     for name, path in parse_sources(sources).items():

@@ -109,6 +109,7 @@ def test_one_call_per_question_and_the_key_is_sent(server, cfg, tmp_path):
     assert judge.verdicts("Which?", ["A", "B", "C"], "(B)") == [False, True, False]
     assert len(server.requests) == 1 and server.auth == [f"Bearer {KEY}"]
     assert server.requests[0]["model"] == "judge-m"
+    assert server.requests[0]["max_tokens"] == 64 + 8 * 3  # a bounded reply: a few tokens per verdict
     user = server.requests[0]["messages"][-1]["content"]
     assert "Which?" in user and "(B)" in user and "3. C" in user
 
@@ -123,7 +124,7 @@ def test_retries_after_server_errors_with_exponential_backoff(server, cfg, tmp_p
 
 @pytest.mark.parametrize(
     "bad_reply",
-    ["the first is right", '{"verdicts": [true, tru', '{"verdicts": [true]}', '{"verdicts": ["yes", true]}', ""],
+    ["the first is right", '{"verdicts": [true, tru', '{"verdicts": [true]}', '{"verdicts": ["maybe", true]}', ""],
     ids=["prose", "malformed-json", "wrong-count", "bad-value", "empty"],
 )
 def test_unusable_replies_are_retried(server, cfg, tmp_path, bad_reply):
@@ -190,9 +191,58 @@ def test_missing_key_or_endpoint(cfg, monkeypatch, tmp_path):
 def test_parse_verdicts():
     assert parse_verdicts('```json\n{"verdicts": [true, false]}\n```', 2) == [True, False]
     assert parse_verdicts('Sure. {"verdicts": [1, 0.5]} Done.', 2) == [1.0, 0.5]
-    for bad in ['{"verdict": [true]}', '{"verdicts": [2]}', '[true]', '{"verdicts": [null]}']:
+    for bad in ['{"verdict": [true]}', '{"verdicts": [2]}', '{"verdicts": [null]}', '{"verdicts": [-0.5]}']:
         with pytest.raises(JudgeReplyError):
             parse_verdicts(bad, 1)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "{'verdicts': [True, False]}",  # Python literals
+        '{"verdicts": [True, False]}',
+        "{'verdicts': [true, false]}",  # half Python, half JSON
+        '{"verdicts": [true, false,]}',  # trailing commas
+        '{"verdicts": [true, false,],}',
+        'Here you go:\n```json\n{"verdicts": [true, false]}\n```\nHope this helps.',  # a fence inside prose
+        "```\n{'verdicts': [True, False,]}\n```",
+        'The first is right, the second is not. {"verdicts": [true, false]} That is all.',  # prose around it
+        "[true, false]",  # a bare list
+        "Verdicts: [True, False,]",
+        '{"verdicts": ["yes", "no"]}',  # words as verdicts
+        '{"verdicts": ["Correct", "incorrect"]}',
+        "{'verdicts': ['YES ', 'No']}",
+        '["true", "false"]',
+        '{"verdicts": [true, false], "reason": "the second is "wrong""',  # a broken object: its list is clear
+        "{verdicts: [true, false]}",
+    ],
+)
+def test_parse_verdicts_repairs_near_json(reply):
+    assert parse_verdicts(reply, 2) == [True, False]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "[true]",  # wrong count
+        "[true, false, true]",
+        "{'verdicts': [True]}",
+        '{"verdicts": ["maybe", "no"]}',  # not a verdict word
+        '{"verdicts": ["partially correct", true]}',
+        '{"verdicts": [None, True]}',
+        '{"verdicts": [null, true]}',
+        '{"verdicts": [2, 1]}',  # a score out of [0, 1]
+        '{"verdicts": [{"a": 1}, true]}',
+        '{"verdicts": "yes, no"}',  # not a list
+        '{"grades": [true, false]}',  # not "verdicts"
+        "{'verdicts': [__import__('os'), True]}",  # literals only, never evaluated code
+        "yes, no",  # no list at all
+        "Answer [1] is right: {verdicts: [true, false]}",  # neither the object nor the list is readable
+    ],
+)
+def test_parse_verdicts_still_rejects(reply):
+    with pytest.raises(JudgeReplyError):
+        parse_verdicts(reply, 2)
 
 
 def _write_responses(path, rows):
@@ -243,3 +293,35 @@ def test_scoring_with_rules_plus_judge(server, cfg, tmp_path):
     n = len(server.requests)
     again = score_responses(tmp_path / "responses", cfg, None, None, judge=make_judge(cfg, tmp_path))
     assert again["judge"]["cache_hits"] == 1 and len(server.requests) == n + 2
+
+
+def _mixed_responses(root):
+    _write_responses(root, [
+        {"benchmark": "mm-vet", "example_id": "v1", "sample_index": 0, "response": "\\boxed{a red umbrella}",
+         "reference": "umbrella", "answer_type": "free_form", "question": "question v1"},
+        _row("q1", 0, "\\boxed{the cat}"),
+    ])
+
+
+def test_auto_grades_mm_vet_by_the_judge_where_one_is_configured(server, cfg, tmp_path):
+    """MM-Vet's default grader is the judge: `auto` asks it about MM-Vet only; the other benchmarks keep rules."""
+    _mixed_responses(tmp_path / "responses")
+    cfg.grader = "auto"
+    scores = score_responses(tmp_path / "responses", cfg, tmp_path / "grades", judge=make_judge(cfg, tmp_path))
+    asked = [r["messages"][-1]["content"].split("\n")[1] for r in server.requests]
+    assert asked == ["question v1"]
+    assert scores["benchmarks"]["mm-vet"]["grader"] == "judge" and scores["benchmarks"]["mm-vet"]["pass_at_k"] == 100
+    assert scores["benchmarks"]["mmmu"]["grader"] == "rules" and scores["benchmarks"]["mmmu"]["pass_at_k"] == 0
+    assert scores["grader"] == "auto"
+
+
+def test_auto_without_a_judge_marks_mm_vet_approximate(tmp_path):
+    _mixed_responses(tmp_path / "responses")
+    scores = score_responses(tmp_path / "responses", EvalConfig(), tmp_path / "grades")  # auto, no judge configured
+    assert scores["benchmarks"]["mm-vet"]["grader"] == "rules (approximate)"
+    assert scores["benchmarks"]["mmmu"]["grader"] == "rules"
+    assert "ungraded_by_judge" not in scores["benchmarks"]["mm-vet"]
+    forced = score_responses(tmp_path / "responses", EvalConfig(grader="rules"))
+    assert forced["benchmarks"]["mm-vet"]["grader"] == "rules (approximate)"
+    graded = [json.loads(line) for line in (tmp_path / "grades" / "mm-vet.jsonl").read_text().splitlines()]
+    assert graded[0]["rule"] == "free_form.no_match" and graded[0]["correct"] is False

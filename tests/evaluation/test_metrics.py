@@ -3,7 +3,7 @@
 import pytest
 
 from vigos.errors import VigosError
-from vigos.evaluation.metrics import MAIN_BENCHMARKS, compute_scores, pass_avg, vilp_scores
+from vigos.evaluation.metrics import MAIN_BENCHMARKS, compute_scores, flatten_scores, pass_avg, vilp_scores
 
 
 def rows(bench, grid, meta=None, grader="rules"):
@@ -35,15 +35,48 @@ def test_incomplete_questions_are_flagged():
     assert got["avg_at_k"] == pytest.approx(50.0) and got["pass_at_k"] == 100.0
 
 
-def test_cv_bench_pooled_plus_2d_3d():
-    data = rows("cv-bench", {"a": [1, 0], "b": [0, 0]}, {"type": "2D"}) + rows("cv-bench", {"c": [1, 1]}, {"type": "3D"})
+def cv_rows():
+    """ADE20K: a 1/2 right, b 0/2 -> 50 / 25; COCO: c 2/2 -> 100 / 100; Omni3D: d 2/2, e 0/2, f 0/2, g 1/2 -> 50 / 37.5."""
+    return (rows("cv-bench", {"a": [1, 0], "b": [0, 0]}, {"type": "2D", "source": "ADE20K"})
+            + rows("cv-bench", {"c": [1, 1]}, {"type": "2D", "source": "COCO"})
+            + rows("cv-bench", {"d": [1, 1], "e": [0, 0], "f": [0, 0], "g": [0, 1]}, {"type": "3D", "source": "Omni3D"}))
+
+
+def test_cv_bench_pooled_and_official_overall_differ():
+    s = compute_scores(cv_rows(), "rules")["benchmarks"]["cv-bench"]
+    assert s["n_examples"] == 7 and s["k"] == 2
+    assert s["pass_at_k"] == pytest.approx(400 / 7)  # pooled over items (a, c, d, g of 7): the paper's number
+    assert s["avg_at_k"] == pytest.approx(600 / 14)  # 6 right samples of 14
+    assert s["sources"] == {
+        "ADE20K": {"n_examples": 2, "k": 2, "pass_at_k": 50.0, "avg_at_k": 25.0},
+        "COCO": {"n_examples": 1, "k": 2, "pass_at_k": 100.0, "avg_at_k": 100.0},
+        "Omni3D": {"n_examples": 4, "k": 2, "pass_at_k": 50.0, "avg_at_k": 37.5},
+    }
+    # 2D = mean(ADE20K, COCO), not the 2D items pooled (that would be 66.67 / 50)
+    assert s["2D"] == {"n_examples": 3, "pass_at_k": 75.0, "avg_at_k": 62.5, "sources": ["ADE20K", "COCO"]}
+    assert s["3D"] == {"n_examples": 4, "pass_at_k": 50.0, "avg_at_k": 37.5, "sources": ["Omni3D"]}
+    # official = mean(2D, 3D): Pass (75 + 50) / 2, Avg (62.5 + 37.5) / 2
+    assert s["official"] == {"pass_at_k": 62.5, "avg_at_k": 50.0, "missing_sources": []}
+    assert "macro" not in s
+    flat = flatten_scores(compute_scores(cv_rows(), "rules"))
+    assert flat["cv-bench.official.pass_at_k"] == 62.5 and flat["cv-bench.sources.COCO.avg_at_k"] == 100.0
+    assert flat["cv-bench.2D.pass_at_k"] == 75.0 and flat["cv-bench.pass_at_k"] == pytest.approx(400 / 7)
+
+
+def test_cv_bench_missing_source_gives_no_official_overall():
+    data = [r for r in cv_rows() if r["meta"]["source"] != "COCO"]
+    data += rows("cv-bench", {"h": [1, 1]}, {"type": "2D"})  # no source: pooled only
     s = compute_scores(data, "rules")["benchmarks"]["cv-bench"]
-    assert s["n_examples"] == 3 and s["k"] == 2
-    assert s["pass_at_k"] == pytest.approx(200 / 3)  # pooled over items: the paper's number
-    assert s["avg_at_k"] == pytest.approx(50.0)
-    assert s["2D"] == {"n_examples": 2, "k": 2, "pass_at_k": 50.0, "avg_at_k": 25.0}
-    assert s["3D"] == {"n_examples": 1, "k": 2, "pass_at_k": 100.0, "avg_at_k": 100.0}
-    assert s["macro"] == {"pass_at_k": 75.0, "avg_at_k": 62.5, "types": ["2D", "3D"]}
+    assert s["n_examples"] == 7 and s["pass_at_k"] == pytest.approx(400 / 7)  # a, d, g, h of 7
+    assert sorted(s["sources"]) == ["ADE20K", "Omni3D"]
+    assert s["2D"] == {"n_examples": 2, "pass_at_k": None, "avg_at_k": None, "sources": ["ADE20K", "COCO"]}
+    assert s["3D"]["pass_at_k"] == 50.0  # complete: all its sources are there
+    assert s["official"] == {"pass_at_k": None, "avg_at_k": None, "missing_sources": ["COCO"]}
+    flat = flatten_scores(compute_scores(data, "rules"))
+    assert "cv-bench.official.pass_at_k" not in flat and "cv-bench.2D.pass_at_k" not in flat
+    no_source = compute_scores(rows("cv-bench", {"x": [1]}, {"type": "3D"}), "rules")["benchmarks"]["cv-bench"]
+    assert no_source["pass_at_k"] == 100.0 and no_source["sources"] == {}
+    assert no_source["official"]["missing_sources"] == ["ADE20K", "COCO", "Omni3D"]
 
 
 def test_mmmu_pro_subsets_pooled_and_macro():

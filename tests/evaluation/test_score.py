@@ -38,11 +38,13 @@ def responses(tmp_path):
     ])
     write_jsonl(d / "cv-bench.jsonl", [
         row("cv-bench", "c0", 0, "\\boxed{(B)}", "(B) right", "multiple_choice", options=["left", "right"],
-            meta={"type": "2D"}),
+            meta={"type": "2D", "source": "ADE20K"}),
         row("cv-bench", "c0", 1, "\\boxed{right}", "(B) right", "multiple_choice", options=["left", "right"],
-            meta={"type": "2D"}),
-        row("cv-bench", "c1", 0, "\\boxed{A}", "(B) far", "multiple_choice", meta={"type": "3D"}),
-        row("cv-bench", "c1", 1, "\\boxed{\\text{B}}", "(B) far", "multiple_choice", meta={"type": "3D"}),
+            meta={"type": "2D", "source": "ADE20K"}),
+        row("cv-bench", "c1", 0, "\\boxed{A}", "(B) far", "multiple_choice",
+            meta={"type": "3D", "source": "Omni3D"}),
+        row("cv-bench", "c1", 1, "\\boxed{\\text{B}}", "(B) far", "multiple_choice",
+            meta={"type": "3D", "source": "Omni3D"}),
     ])
     write_jsonl(d / "vilp-f.jsonl", [
         row("vilp-f", f"0-{p}", 0, f"\\boxed{{{a}}}", "cat", "free_form", meta={"position": p})
@@ -60,7 +62,8 @@ def test_score_a_responses_folder(responses, tmp_path):
     assert (mv["n_examples"], mv["k"], mv["pass_at_k"], mv["avg_at_k"], mv["grader"]) == (2, 2, 50.0, 25.0, "rules")
     cv = scores["benchmarks"]["cv-bench"]
     assert cv["pass_at_k"] == 100.0 and cv["avg_at_k"] == 75.0
-    assert cv["2D"]["avg_at_k"] == 100.0 and cv["3D"]["avg_at_k"] == 50.0
+    assert cv["sources"]["ADE20K"]["avg_at_k"] == 100.0 and cv["3D"]["avg_at_k"] == 50.0
+    assert cv["official"]["pass_at_k"] is None and cv["official"]["missing_sources"] == ["COCO"]  # meta reached grades
     assert scores["mean"] == {"pass_at_k": 75.0, "avg_at_k": 50.0, "benchmarks": ["mathvista", "cv-bench"],
                               "missing": ["mm-vet", "mmmu", "mmmu-pro", "mathverse", "mmsi", "realworldqa"]}
     assert scores["vilp"]["vilp-f"]["score"] == 50.0 and scores["vilp"]["vilp-f"]["prior"] == 100.0
@@ -136,3 +139,22 @@ def test_cli_judge_without_endpoint_is_a_user_error(responses, monkeypatch):
     res = CliRunner().invoke(app, ["score", str(responses), "--grader", "oracle"])
     assert isinstance(res.exception, VigosError) and "must be one of" in str(res.exception)
     assert not (responses.parent / "scores.json").exists()
+
+
+def test_rule_grading_in_worker_processes_gives_the_same_grades(monkeypatch):
+    from vigos.evaluation import score
+
+    rows = [{"benchmark": b, "example_id": str(i), "sample_index": 0, "response": f"\\boxed{{{a}}}", "reference": r,
+             "answer_type": t, "options": o}
+            for i, (b, a, r, t, o) in enumerate([
+                ("mmmu", "15", "B", "multiple_choice", ["A. 12 m", "B. 15 m"]),
+                ("mathvista", "\\dfrac{1}{2}", "0.5", "numeric", None),
+                ("mathverse", "2\\sqrt{2}", "\\sqrt{8}", "math", None),
+                ("vilp-f", "mice", "mouse", "free_form", None),
+                ("mm-vet", "salt and pepper", "salt<AND>pepper", "free_form", None),
+                ("mmmu", "0.02", "1/64", "numeric", None),
+            ])]
+    monkeypatch.setattr(score, "_MIN_PARALLEL_KEYS", 1)
+    serial = score._rule_grades(rows, processes=1)
+    assert score._rule_grades(rows, processes=2) == serial
+    assert [v.correct for v in serial[1]] == [True, True, True, True, True, False]

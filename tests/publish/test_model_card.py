@@ -184,3 +184,13 @@ def test_empty_scores_still_render_and_parse():
     assert ModelCard(text).data.eval_results is None
     assert "## Evaluation Results" in text and "Prior-Sensitive ViLP" not in text
     assert not re.search(r"\bNone\b", text.split("---\n", 2)[2])
+
+
+def test_the_card_says_which_grader_decided_each_benchmark():
+    scores = card_scores()
+    for name, row in scores["benchmarks"].items():
+        row["grader"] = "rules (approximate)" if name == "mm-vet" else "rules"
+    text = render(scores=scores)
+    assert "Answers were graded by rules (approximate) (mm-vet); rules (mmmu, mmmu-pro," in text
+    scores["benchmarks"]["mm-vet"]["grader"] = "rules"
+    assert "Answers were graded by rules." in render(scores=scores)

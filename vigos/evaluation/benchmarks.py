@@ -14,8 +14,10 @@ Layouts:
 - `problem`: the `zli12321/*` schema: `problem` (options already inside it), `answer`, `images` (list). Options are
   read back out of the problem text where they are written one per line (`A. ...` / `(A) ...`) or after an
   `Options:` / `Choices:` marker, so that the grader can match an answer given as the option's text.
-- `cv-bench`: `idx`, `type`, `task`, `image`, `question`, `choices`, `answer` ("(B)"), `prompt` (question + choices,
-  ready to use). The problem is `prompt`; the reference is "(B) <choice text>"; options are `choices`.
+- `cv-bench`: `idx`, `type`, `task`, `source`, `image`, `question`, `choices`, `answer` ("(B)"), `prompt` (question
+  + choices, ready to use). The problem is `prompt`; the reference is "(B) <choice text>"; options are `choices`;
+  `meta` keeps `type`, `task`, `idx` and `source` (ADE20K / COCO / Omni3D: CV-Bench's official overall averages per
+  source, `vigos.evaluation.metrics`). A row without a source value is kept, without `meta["source"]`.
 - `vilp`: item i -> row i // 3, position p = i % 3 + 1, fields `question`, `image{p}`, `answer{p}`; the problem is
   "Please answer with one word: " + question; with `drop_fact` (ViLP-P) only the text after the question's first
   "." is kept (the fact sentence removed).
@@ -412,6 +414,9 @@ def _make_item(
             meta = {"type": _text(row.get("type")), "task": _text(row.get("task"))}
             if row.get("idx") is not None:
                 meta["idx"] = row["idx"]
+            # Not a required column: the item is still gradable without it; only the official overall needs it.
+            if _text(row.get("source")):
+                meta["source"] = _text(row.get("source"))
         else:
             reference = normalize_answer(row.get(answer_field))
             if not reference:

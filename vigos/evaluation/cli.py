@@ -61,7 +61,7 @@ def score(
         str | None,
         typer.Option(
             "--grader",
-            help=f"rules | judge | rules+judge (default: eval.grader of the config, {_DEFAULTS.grader!r}).",
+            help=f"auto | rules | judge | rules+judge (default: eval.grader of the config, {_DEFAULTS.grader!r}).",
         ),
     ] = None,
     judge_cache: Annotated[

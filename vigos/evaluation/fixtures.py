@@ -8,7 +8,7 @@ Layouts (what `vigos.data.load.load_source` reads for a local folder, as on the 
   (list of `{bytes, path}`); MMMU and MMSI rows carry several images; MMMU-Pro's folder holds `standard/` and
   `vision/`, one such dataset each;
 - CV-Bench: `data/test-00000-of-00001.parquet` with `idx`, `type`, `task`, `image`, `question`, `choices`, `answer`
-  ("(B)"), `prompt`, `filename`, `source`, `source_dataset`;
+  ("(B)"), `prompt`, `filename`, `source` (2D rows alternate ADE20K / COCO, 3D rows Omni3D), `source_dataset`;
 - ViLP: `ViLP.parquet` (the Hub file) with `question_id`, `question`, `image1..3`, `answer1..3`; ViLP-F and ViLP-P
   read the same folder (`vilp/`).
 
@@ -148,11 +148,14 @@ def _realworldqa_row(rng: random.Random, i: int) -> dict[str, Any]:
             "answer": letter, "images": image}
 
 
-_CV_TASKS = (("2D", "Count"), ("2D", "Relation"), ("3D", "Depth"), ("3D", "Distance"))
+# (type, task, source): the 2D rows alternate ADE20K / COCO so that every source of CV-Bench's official overall
+# appears as soon as n >= 3.
+_CV_TASKS = (("2D", "Count", "ADE20K"), ("2D", "Relation", "COCO"), ("3D", "Depth", "Omni3D"),
+             ("3D", "Distance", "Omni3D"))
 
 
 def _cv_bench_row(rng: random.Random, i: int) -> dict[str, Any]:
-    kind, task = _CV_TASKS[i % len(_CV_TASKS)]
+    kind, task, source = _CV_TASKS[i % len(_CV_TASKS)]
     a, b = rng.sample(list(COLOURS), 2)
     if task == "Count":
         count = rng.randint(1, 4)
@@ -176,7 +179,6 @@ def _cv_bench_row(rng: random.Random, i: int) -> dict[str, Any]:
     prompt = question + " Select from the following choices.\n" + "\n".join(
         f"({lt}) {c}" for lt, c in zip(letters, choices, strict=True)
     )
-    source = "ADE20K" if kind == "2D" else "Omni3D"
     return {
         "idx": i, "type": kind, "task": task, "image": _image(_picture(rng, items)), "question": question,
         "choices": choices, "answer": answer, "prompt": prompt, "filename": f"img/{kind}/{task.lower()}/{i:06d}.png",

@@ -4,11 +4,13 @@ One call per question lists its k extracted answers and the reference and asks f
 `{"verdicts": [true, false, ...]}`. Why this shape: the judge sees all attempts at once (k times fewer calls), and
 `any()` / Pass@k is recomputed locally from the verdicts, never taken from the judge.
 
-Failure policy (ours): a reply that is not valid JSON, or has the wrong number of verdicts, is retried like an
-HTTP error, with exponential back-off, `judge_max_retries` times. A question whose judge call finally failed gets
-`None` from `Judge.verdicts`: the caller keeps its rule grade and reports it as ungraded-by-judge. Failures are
-never cached and never counted as incorrect. Credentials that the endpoint rejects (401/403) or an unknown model
-or URL (404) raise `VigosError` at once: every other question would fail the same way.
+Judge models often write near-JSON (Python literals, trailing commas, a bare list, "yes"/"no" words):
+`parse_verdicts` repairs those forms, and only those. Failure policy (ours): a reply that still cannot be read, or has
+the wrong number of verdicts, is retried like an HTTP error, with exponential back-off, `judge_max_retries` times. A
+question whose judge call finally failed gets `None` from `Judge.verdicts`: the caller keeps its rule grade and
+reports it as ungraded-by-judge. Failures are never cached and never counted as incorrect. Credentials that the
+endpoint rejects (401/403) or an unknown model or URL (404) raise `VigosError` at once: every other question would
+fail the same way.
 
 Replies are cached on disk, one JSON file per key (question, answers, reference, judge model, prompt version),
 written atomically, so a re-run (or a crashed run resumed) pays only for new questions. The API key is read from
@@ -17,6 +19,7 @@ the environment variable NAMED in the config and is never logged or stored.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -43,6 +46,12 @@ PROMPT_VERSION = "v1"  # part of the cache key: a changed prompt must not reuse 
 _BACKOFF_BASE_S = 1.0  # 1, 2, 4, 8 ... seconds between attempts
 _BACKOFF_MAX_S = 60.0
 _REQUEST_TIMEOUT_S = 120.0
+# Reply length cap sent as `max_tokens`: `{"verdicts": [true, false, ...]}` takes ~2 tokens per verdict plus ~10, so
+# this leaves room for a code fence or a sentence around it while a judge that rambles (or a broken/tiny model)
+# stops early instead of generating until the request times out; its truncated reply is then retried as malformed.
+# A reasoning judge counts its thinking against this cap: use one with thinking off.
+_MAX_TOKENS_BASE = 64
+_MAX_TOKENS_PER_ANSWER = 8
 
 _SYSTEM = (
     "You grade answers to a question against its reference answer. An answer is correct when it means the same "
@@ -67,38 +76,70 @@ def build_messages(question: str, answers: Sequence[str], reference: str) -> lis
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S | re.I)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S | re.I)
+_TRAILING_COMMA = re.compile(r",\s*([\]}])")
+_JSON_WORDS = re.compile(r"\b(true|false|null)\b")
+_WORDS: dict[str, bool] = {"true": True, "yes": True, "correct": True, "false": False, "no": False, "incorrect": False}
+
+
+def _loads_lenient(s: str) -> Any:
+    """JSON, or the near-JSON that judge models write: trailing commas (`[true, false,]`) and Python literals
+    (`{'verdicts': [True, False]}`, as models trained on Python print them). Anything else: JudgeReplyError."""
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError as e:
+        error = e
+    s = _TRAILING_COMMA.sub(r"\1", s)
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError:
+        pass
+    try:  # literal_eval evaluates literals only (no names, no calls): safe on untrusted text
+        return ast.literal_eval(_JSON_WORDS.sub(lambda m: {"true": "True", "false": "False"}.get(m[1], "None"), s))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise JudgeReplyError(f"malformed JSON: {error}") from None
+
+
+def _verdict(v: Any) -> Verdict:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int | float) and 0.0 <= v <= 1.0:
+        return float(v)
+    if isinstance(v, str) and v.strip().lower() in _WORDS:  # "yes" / "correct" / "false" ... for a boolean
+        return _WORDS[v.strip().lower()]
+    raise JudgeReplyError(f"verdict {v!r} is neither a boolean, a score in [0, 1] nor yes/no/correct/incorrect")
 
 
 def parse_verdicts(text: str | None, n: int) -> list[Verdict]:
-    """The `n` verdicts in a judge reply; JudgeReplyError when malformed or of the wrong count."""
+    """The `n` verdicts in a judge reply; JudgeReplyError when unreadable or of the wrong count.
+
+    Accepted around the `{"verdicts": [...]}` object: a code fence, prose, the near-JSON of `_loads_lenient`; a bare
+    list `[...]` instead of the object; "yes"/"no"/"correct"/"incorrect" (or "true"/"false") strings as verdicts.
+    """
     if not text:
         raise JudgeReplyError("empty reply")
     s = text.strip()
-    fence = _FENCE.match(s)
+    fence = _FENCE.search(s)
     if fence:
         s = fence.group(1)
-    start, end = s.find("{"), s.rfind("}")  # tolerate a sentence around the JSON object
-    if start < 0 or end < start:
-        raise JudgeReplyError("no JSON object in the reply")
-    try:
-        data = json.loads(s[start : end + 1])
-    except json.JSONDecodeError as e:
-        raise JudgeReplyError(f"malformed JSON: {e}") from None
-    verdicts = data.get("verdicts") if isinstance(data, dict) else None
+    data: Any = None
+    error: JudgeReplyError = JudgeReplyError("no JSON object or list in the reply")
+    for open_, close in ("{}", "[]"):  # the object, else a bare list (or the list inside a broken object)
+        start, end = s.find(open_), s.rfind(close)  # tolerate a sentence around it
+        if 0 <= start < end:
+            try:
+                data = _loads_lenient(s[start : end + 1])
+                break
+            except JudgeReplyError as e:
+                error = e
+    else:
+        raise error
+    verdicts = data.get("verdicts") if isinstance(data, dict) else data
     if not isinstance(verdicts, list):
         raise JudgeReplyError('no "verdicts" list')
     if len(verdicts) != n:
         raise JudgeReplyError(f"{len(verdicts)} verdicts for {n} answers")
-    out: list[Verdict] = []
-    for v in verdicts:
-        if isinstance(v, bool):
-            out.append(v)
-        elif isinstance(v, int | float) and 0.0 <= v <= 1.0:
-            out.append(float(v))
-        else:
-            raise JudgeReplyError(f"verdict {v!r} is neither a boolean nor a score in [0, 1]")
-    return out
+    return [_verdict(v) for v in verdicts]
 
 
 def cache_key(question: str, answers: Sequence[str], reference: str, model: str) -> str:
@@ -172,10 +213,12 @@ class Judge:
             return None
 
     # -- calls ----------------------------------------------------------------------------------------------
-    def _ask(self, messages: list[dict[str, str]]) -> str | None:
+    def _ask(self, messages: list[dict[str, str]], max_tokens: int) -> str | None:
         with self._lock:
             self.http_calls += 1
-        resp = self._client.chat.completions.create(model=self.model, messages=messages, temperature=0.0)
+        resp = self._client.chat.completions.create(
+            model=self.model, messages=messages, temperature=0.0, max_tokens=max_tokens
+        )
         try:
             return resp.choices[0].message.content
         except (AttributeError, IndexError, TypeError):  # a 200 without a choice: as bad as malformed JSON
@@ -204,7 +247,7 @@ class Judge:
         messages = build_messages(question, answers, reference)
         for attempt in range(self.max_retries + 1):
             try:
-                reply = self._ask(messages)
+                reply = self._ask(messages, _MAX_TOKENS_BASE + _MAX_TOKENS_PER_ANSWER * len(answers))
                 verdicts = parse_verdicts(reply, len(answers))
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 raise VigosError(

@@ -5,8 +5,29 @@ optionally `meta`, `grader` (which grader decided this row) and `judge_failed`. 
 
 Row `meta` conventions (the benchmark loaders write them):
 - ViLP (`vilp-*`): `{"position": 1 | 2 | 3}`; 1 is prior-consistent, 2 and 3 contradict the prior.
-- CV-Bench: `{"type": "2D" | "3D"}`; MMMU-Pro: `{"subset": "standard" | "vision"}`.
+- CV-Bench: `{"type": "2D" | "3D", "source": "ADE20K" | "COCO" | "Omni3D", ...}`; MMMU-Pro:
+  `{"subset": "standard" | "vision"}`.
 `example_id` must be unique within a benchmark (MMMU-Pro's two subsets share one benchmark: prefix the ids).
+
+Every benchmark's top-level `pass_at_k` / `avg_at_k` are POOLED over its questions: the ViGOS paper's numbers, the
+ones compared with the model card and averaged into the "mean" row. Breakdowns (`BREAKDOWNS`) add beside them:
+- MMMU-Pro: each subset's Pass@k / Avg@k and `macro`, their unweighted mean over the subsets present.
+- CV-Bench: its official overall (the dataset README's evaluation snippet): accuracy per `source`, 2D = mean(ADE20K,
+  COCO), 3D = Omni3D, overall = mean(2D, 3D), computed for Pass@k and Avg@k separately. A group, and the overall,
+  is None unless every source it averages has rows (a `max_examples` subset without COCO rows has no official
+  overall rather than a different formula); `official.missing_sources` names the absent ones. Rows without a
+  source count in the pooled numbers only.
+
+    "cv-bench": {"n_examples": 7, "k": 2, "pass_at_k": 57.14, "avg_at_k": 42.86,          # pooled (the paper's)
+                 "grader": "rules", ...,
+                 "sources": {"ADE20K": {"n_examples": 2, "k": 2, "pass_at_k": 50.0, "avg_at_k": 25.0},
+                             "COCO": {...}, "Omni3D": {...}},
+                 "2D": {"n_examples": 3, "pass_at_k": 75.0, "avg_at_k": 62.5, "sources": ["ADE20K", "COCO"]},
+                 "3D": {"n_examples": 4, "pass_at_k": 50.0, "avg_at_k": 37.5, "sources": ["Omni3D"]},
+                 "official": {"pass_at_k": 62.5, "avg_at_k": 50.0, "missing_sources": []}}
+
+`flatten_scores` turns these into MLflow keys: `cv-bench.pass_at_k` (pooled), `cv-bench.official.pass_at_k`,
+`cv-bench.2D.avg_at_k`, `cv-bench.sources.COCO.pass_at_k`, `mmmu-pro.macro.pass_at_k`, ...
 """
 
 from __future__ import annotations
@@ -14,6 +35,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from vigos.errors import VigosError
@@ -23,8 +45,28 @@ MAIN_BENCHMARKS: tuple[str, ...] = (
 )
 """The eight columns of the model card's table; their unweighted mean is the "Mean" row (ViLP excluded)."""
 
-BREAKDOWNS: dict[str, str] = {"cv-bench": "type", "mmmu-pro": "subset"}
-"""Benchmark -> the `meta` key its official breakdown groups by (each group reported, plus their macro mean)."""
+
+@dataclass(frozen=True)
+class Breakdown:
+    """How a benchmark's rows split by `meta[key]` ("parts", each scored on its own) and how the parts combine.
+
+    Without `groups`: the parts are reported at the top level (`mmmu-pro.standard`) with `macro`, the mean of the
+    parts present. With `groups` (the benchmark's own definition): the parts go under `<key>s`
+    (`cv-bench.sources.COCO`), each group is the mean of its parts (`cv-bench.2D`) and `official` the mean of the
+    groups; a group or `official` is None unless every part it names has rows (`official.missing_<key>s`).
+    """
+
+    key: str
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Group -> the `meta[key]` values it averages (unweighted); other values are reported but in no group."""
+
+
+BREAKDOWNS: dict[str, Breakdown] = {
+    # CV-Bench README: accuracy per source; 2D = mean(ADE20K, COCO), 3D = Omni3D, overall = mean(2D, 3D).
+    "cv-bench": Breakdown("source", {"2D": ("ADE20K", "COCO"), "3D": ("Omni3D",)}),
+    "mmmu-pro": Breakdown("subset"),
+}
+"""Benchmark -> its breakdown, reported beside the pooled numbers."""
 
 VILP_PREFIX = "vilp"
 
@@ -69,13 +111,23 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _mean_of_all(entries: Sequence[Mapping[str, Any] | None]) -> dict[str, float | None]:
+    """Pass@k / Avg@k means of `entries`, each None unless every entry has that number (an official formula must
+    not silently become the mean of fewer parts)."""
+    out: dict[str, float | None] = {}
+    for metric in ("pass_at_k", "avg_at_k"):
+        values = [e.get(metric) if e else None for e in entries]
+        out[metric] = sum(values) / len(values) if values and None not in values else None
+    return out
+
+
 def _grader_record(rows: Sequence[Mapping[str, Any]], grader: str) -> dict[str, Any]:
     """Which grader produced the numbers: the configured one, rows per deciding grader, judge failures."""
     rec: dict[str, Any] = {"grader": grader}
     by = Counter(str(r["grader"]) for r in rows if r.get("grader"))
     if by:
         rec["graded_by"] = dict(sorted(by.items()))
-    if grader != "rules":
+    if "judge" in grader:
         rec["ungraded_by_judge"] = len({r["example_id"] for r in rows if r.get("judge_failed")})
     return rec
 
@@ -84,21 +136,40 @@ def benchmark_scores(name: str, rows: Sequence[Mapping[str, Any]], grader: str) 
     """Scores of one (non-ViLP) benchmark: pooled Pass@k / Avg@k plus its breakdown when it has one."""
     out = pass_avg(rows)
     out.update(_grader_record(rows, grader))
-    key = BREAKDOWNS.get(name)
-    if key:
-        groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for r in rows:
-            value = (r.get("meta") or {}).get(key)
-            if value is not None:  # rows without it still count in the pooled numbers
-                groups[str(value)].append(r)
-        parts = {g: pass_avg(groups[g]) for g in sorted(groups)}
-        out.update(parts)
-        if parts:
-            out["macro"] = {
-                "pass_at_k": _mean([p["pass_at_k"] for p in parts.values()]),
-                "avg_at_k": _mean([p["avg_at_k"] for p in parts.values()]),
-                key + "s": sorted(parts),
-            }
+    spec = BREAKDOWNS.get(name)
+    if spec:
+        out.update(breakdown_scores(rows, spec))
+    return out
+
+
+def breakdown_scores(rows: Sequence[Mapping[str, Any]], spec: Breakdown) -> dict[str, Any]:
+    """The entries `spec` adds to a benchmark's scores (see `Breakdown`)."""
+    by_value: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        value = (r.get("meta") or {}).get(spec.key)
+        if value is not None:  # rows without it still count in the pooled numbers
+            by_value[str(value)].append(r)
+    parts = {v: pass_avg(by_value[v]) for v in sorted(by_value)}
+    plural = spec.key + "s"
+    if not spec.groups:
+        if not parts:
+            return {}
+        return {**parts, "macro": {
+            "pass_at_k": _mean([p["pass_at_k"] for p in parts.values()]),
+            "avg_at_k": _mean([p["avg_at_k"] for p in parts.values()]),
+            plural: sorted(parts),
+        }}
+    out: dict[str, Any] = {plural: parts}
+    for group, members in spec.groups.items():
+        out[group] = {
+            "n_examples": sum(parts[m]["n_examples"] for m in members if m in parts),
+            **_mean_of_all([parts.get(m) for m in members]),
+            plural: list(members),
+        }
+    out["official"] = {
+        **_mean_of_all([out[g] for g in spec.groups]),
+        "missing_" + plural: [m for members in spec.groups.values() for m in members if m not in parts],
+    }
     return out
 
 
@@ -134,14 +205,16 @@ def vilp_scores(name: str, rows: Sequence[Mapping[str, Any]], grader: str) -> di
     }
 
 
-def compute_scores(rows: Iterable[Mapping[str, Any]], grader: str) -> dict[str, Any]:
-    """The Scores JSON of graded rows from any number of benchmarks."""
+def compute_scores(rows: Iterable[Mapping[str, Any]], grader: str | Mapping[str, str]) -> dict[str, Any]:
+    """The Scores JSON of graded rows from any number of benchmarks; `grader` labels how they were graded (one label,
+    or one per benchmark, e.g. `{"mm-vet": "rules (approximate)", "mmmu": "rules"}`)."""
+    label = (lambda b: grader) if isinstance(grader, str) else (lambda b: grader.get(b, "rules"))
     by_bench: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
         by_bench[str(r["benchmark"])].append(r)
     order = [b for b in MAIN_BENCHMARKS if b in by_bench] + sorted(b for b in by_bench if b not in MAIN_BENCHMARKS)
-    benchmarks = {b: benchmark_scores(b, by_bench[b], grader) for b in order if not is_vilp(b)}
-    vilp = {b: vilp_scores(b, by_bench[b], grader) for b in order if is_vilp(b)}
+    benchmarks = {b: benchmark_scores(b, by_bench[b], label(b)) for b in order if not is_vilp(b)}
+    vilp = {b: vilp_scores(b, by_bench[b], label(b)) for b in order if is_vilp(b)}
     present = [b for b in MAIN_BENCHMARKS if b in benchmarks]
     mean = {
         "pass_at_k": _mean([benchmarks[b]["pass_at_k"] for b in present]),
@@ -149,13 +222,15 @@ def compute_scores(rows: Iterable[Mapping[str, Any]], grader: str) -> dict[str, 
         "benchmarks": present,
         "missing": [b for b in MAIN_BENCHMARKS if b not in benchmarks],
     }
-    return {"benchmarks": benchmarks, "mean": mean, "vilp": vilp, "grader": grader}
+    overall = grader if isinstance(grader, str) else "/".join(sorted(set(grader.values()))) or "rules"
+    return {"benchmarks": benchmarks, "mean": mean, "vilp": vilp, "grader": overall}
 
 
 def flatten_scores(scores: Mapping[str, Any]) -> dict[str, float]:
     """Scores JSON -> `{"<benchmark>.pass_at_k": 72.0, "mean.pass_at_k": ..., "vilp-f.score": ...}`.
 
-    Every numeric leaf is kept (breakdowns such as `cv-bench.2D.pass_at_k`, `vilp-f.by_position.2.accuracy` too);
+    Every numeric leaf is kept (breakdowns such as `cv-bench.official.pass_at_k`, `cv-bench.sources.COCO.avg_at_k`,
+    `vilp-f.by_position.2.accuracy` too);
     None (nothing evaluated), booleans, strings and lists are not scores and are skipped.
     """
     out: dict[str, float] = {}

@@ -3,6 +3,10 @@
 One table and one grouped bar chart: Pass@5 / Avg@5 per benchmark for this model, the base model evaluated in the
 same run (when given), and the ViGOS-7B model card's published numbers; then ViLP Score / Prior. Inputs follow the
 scores JSON contract (ARCHITECTURE.md); percentages 0-100 throughout.
+
+The table's numbers are pooled over each benchmark's questions (the ViGOS paper's, comparable with the card). Under
+it, a line gives each benchmark's official overall where its breakdown defines one (CV-Bench: mean of 2D =
+mean(ADE20K, COCO) and 3D = Omni3D, `vigos.evaluation.metrics.BREAKDOWNS`) for this model and the base model.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MAIN_BENCHMARKS = ("mm-vet", "mmmu", "mmmu-pro", "mathverse", "mathvista", "mmsi", "realworldqa", "cv-bench")
+from vigos.evaluation.metrics import BREAKDOWNS, MAIN_BENCHMARKS
+
 VILP_BENCHMARKS = ("vilp-f", "vilp-p")
 
 # ViGOS-7B model card (../shared/seed): Pass@5 / Avg@5 and ViLP Score / Prior, in percent.
@@ -48,22 +53,52 @@ def _fmt(pair: tuple[float, float] | None) -> str:
 
 
 def table_rows(scores: dict[str, Any], baseline: dict[str, Any] | None) -> list[tuple[str, ...]]:
-    """(benchmark, n, this model, base model, model card) per benchmark evaluated, then the mean."""
+    """(benchmark, n, graded by, this model, base model, model card) per benchmark evaluated, then the mean.
+
+    "graded by" is this model's grader for the column: a benchmark meant for the LLM judge that was graded by rules
+    (MM-Vet without a judge) reads "rules (approximate)"."""
     rows = []
     names = [n for n in MAIN_BENCHMARKS if n in scores.get("benchmarks", {})]
     names += [n for n in scores.get("benchmarks", {}) if n not in names]
     for name in names:
         row = scores["benchmarks"][name]
         card = MODEL_CARD["benchmarks"].get(name)
-        rows.append((name, str(row.get("n_examples", "")), _fmt(_pair(scores, name)), _fmt(_pair(baseline, name)),
-                     _fmt(card)))
+        rows.append((name, str(row.get("n_examples", "")), str(row.get("grader", "")), _fmt(_pair(scores, name)),
+                     _fmt(_pair(baseline, name)), _fmt(card)))
     mean = scores.get("mean")
     if mean:
         base_mean = (baseline or {}).get("mean")
-        rows.append(("mean", "", _fmt((mean["pass_at_k"], mean["avg_at_k"])),
+        rows.append(("mean", "", "", _fmt((mean["pass_at_k"], mean["avg_at_k"])),
                      _fmt((base_mean["pass_at_k"], base_mean["avg_at_k"]) if base_mean else None),
                      _fmt(MODEL_CARD["mean"])))
     return rows
+
+
+def official_lines(scores: dict[str, Any], baseline: dict[str, Any] | None, k: int) -> list[str]:
+    """One sentence per evaluated benchmark whose breakdown defines an official overall (CV-Bench), naming the table's
+    number as pooled so that a reader knows which is which."""
+    lines = []
+    for name, spec in BREAKDOWNS.items():
+        if not spec.groups or name not in scores.get("benchmarks", {}):
+            continue
+        formula = " and ".join(
+            f"{group} = {members[0] if len(members) == 1 else 'mean(' + ', '.join(members) + ')'}"
+            for group, members in spec.groups.items()
+        )
+        text = (f"{name} official overall Pass@{k} / Avg@{k} (mean of {formula}): "
+                f"this model {_official(scores, name, spec.key)}")
+        if baseline is not None:
+            text += f", base model {_official(baseline, name, spec.key)}"
+        lines.append(text + f". The table's {name} row is pooled over all items (the ViGOS paper's number).")
+    return lines
+
+
+def _official(scores: dict[str, Any], name: str, key: str) -> str:
+    official = ((scores.get("benchmarks") or {}).get(name) or {}).get("official") or {}
+    if official.get("pass_at_k") is None or official.get("avg_at_k") is None:
+        missing = official.get(f"missing_{key}s")  # absent in scores from before the official overall
+        return f"- (no {', '.join(missing)} rows)" if missing else "-"
+    return _fmt((official["pass_at_k"], official["avg_at_k"]))
 
 
 def vilp_rows(scores: dict[str, Any], baseline: dict[str, Any] | None) -> list[tuple[str, ...]]:
@@ -144,7 +179,7 @@ def write_report(
     k = next(iter(scores.get("benchmarks", {}).values()), {}).get("k", 5)
     chart = plot(scores, baseline, out / "eval_chart.png", title, k)
     graders = sorted({row.get("grader", "rules") for row in scores.get("benchmarks", {}).values()})
-    header = ("benchmark", "n", f"this model Pass@{k} / Avg@{k}", "base model", "ViGOS-7B card")
+    header = ("benchmark", "n", "graded by", f"this model Pass@{k} / Avg@{k}", "base model", "ViGOS-7B card")
     vheader = ("ViLP", "this model Score / Prior", "base model", "ViGOS-7B card")
     prompt = prompt_set(scores, baseline)
     lines = [f"# {title}", ""]
@@ -152,6 +187,9 @@ def write_report(
         lines += [f"Model: `{model}`. Graders: {', '.join(graders) or '-'}. Percentages.", ""]
     lines += [f"Student prompt set: `{prompt}`" + (" (base model: the same)" if baseline else "") + ".", ""]
     lines += _md_table(header, table_rows(scores, baseline))
+    official = official_lines(scores, baseline, k)
+    for line in official:
+        lines += ["", line]
     if scores.get("vilp"):
         lines += ["", *_md_table(vheader, vilp_rows(scores, baseline))]
     lines += ["", f"![Pass@{k} and Avg@{k} per benchmark]({chart.name})", ""]
@@ -175,6 +213,7 @@ def write_report(
            if model else "")
         + f"<p>Student prompt set: <code>{html.escape(prompt)}</code>.</p>"
         + html_table(header, table_rows(scores, baseline))
+        + "".join(f"<p>{html.escape(line)}</p>" for line in official)
         + (html_table(vheader, vilp_rows(scores, baseline)) if scores.get("vilp") else "")
         + f"<img alt='Pass@k and Avg@k per benchmark' src='data:image/png;base64,{png}'/></body></html>"
     )

@@ -15,14 +15,15 @@ import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigos.data.answers import ANSWER_TYPES
 from vigos.errors import VigosError
+from vigos.evaluation.benchmarks import BENCHMARKS
 from vigos.evaluation.extract import extract_answer
-from vigos.evaluation.grade import grade
+from vigos.evaluation.grade import RuleVerdict, grade_detail
 from vigos.evaluation.judge import Judge, Verdict, write_json_atomic
 from vigos.evaluation.metrics import compute_scores
 
@@ -32,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS: tuple[str, ...] = ("benchmark", "example_id", "sample_index", "response", "reference", "answer_type")
+APPROXIMATE = "rules (approximate)"
+"""The grader label of a benchmark meant for the LLM judge (MM-Vet) that was graded by rules."""
+_MIN_PARALLEL_KEYS = 2000  # below this, starting worker processes costs more than grading in-process
 _JUDGE_WORKERS = 8  # concurrent judge calls: the endpoint's latency, not our CPU, bounds throughput
 _SAFE_NAME = re.compile(r"^[\w.+-]+$")  # a benchmark name becomes a file name under grades/
 _FIX = "every response row needs " + ", ".join(REQUIRED_FIELDS) + "; regenerate it with `vigos eval run` or fix it"
@@ -117,49 +121,92 @@ def read_responses(files: Iterable[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def _rule_grades(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str | None], list[bool]]:
+def _grade_keys(keys: Sequence[tuple[Any, ...]]) -> list[RuleVerdict]:
+    """Rule verdicts of (extracted, reference, answer_type, options, benchmark) keys (a worker process's share)."""
+    return [grade_detail(e, ref, kind, list(opts) if opts else None, bench) for e, ref, kind, opts, bench in keys]
+
+
+def _rule_grades(rows: Sequence[Mapping[str, Any]], processes: int = 1) -> tuple[list[str | None], list[RuleVerdict]]:
+    """Extracted answers and rule verdicts of `rows`; each distinct question/answer pair is graded once (samples
+    often repeat an answer, and math-verify is slow), over `processes` worker processes when more than one."""
     extracted = [extract_answer(r["response"]) for r in rows]
-    memo: dict[tuple[Any, ...], bool] = {}  # samples often repeat the same answer; math-verify is slow
-    correct = []
-    for r, e in zip(rows, extracted, strict=True):
-        opts = r.get("options")
-        key = (e, str(r["reference"]), r["answer_type"], tuple(map(str, opts)) if opts else None)
-        if key not in memo:
-            memo[key] = grade(e, r["reference"], r["answer_type"], opts)
-        correct.append(memo[key])
-    return extracted, correct
+    keys = [
+        (e, str(r["reference"]), r["answer_type"], tuple(map(str, r["options"])) if r.get("options") else None,
+         r["benchmark"])
+        for r, e in zip(rows, extracted, strict=True)
+    ]
+    unique = list(dict.fromkeys(keys))
+    if processes > 1 and len(unique) >= _MIN_PARALLEL_KEYS:
+        import multiprocessing
+
+        # Chunks several times the pool size: math-heavy keys cluster in some benchmarks, so even shares balance.
+        n_chunks = processes * 8
+        chunks = [unique[i::n_chunks] for i in range(n_chunks)]
+        # spawn: a forked child of a process with threads (torch, the judge pool) can deadlock.
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            graded = list(pool.map(_grade_keys, chunks))
+        verdicts = {k: v for chunk, vs in zip(chunks, graded, strict=True) for k, v in zip(chunk, vs, strict=True)}
+    else:
+        verdicts = dict(zip(unique, _grade_keys(unique), strict=True))
+    return extracted, [verdicts[k] for k in keys]
 
 
 def _question_text(row: Mapping[str, Any]) -> str:
     return str(row.get("question") or row.get("prompt") or "")
 
 
-def grade_rows(rows: Sequence[Mapping[str, Any]], cfg: EvalConfig, judge: Judge | None = None) -> list[dict[str, Any]]:
-    """Rows + `extracted`, `correct`, `grader` (the grader that decided the row), in input order.
+def judge_configured(cfg: EvalConfig) -> bool:
+    return bool(cfg.judge_base_url and cfg.judge_model)
 
-    `cfg.grader`: `rules` alone; `judge` asks the judge about every extracted answer; `rules+judge` asks only about
-    the answers the rules call incorrect. With a judge, rows also get `rules_correct`, and `judge_failed: true` when
-    their question's judge call finally failed: those rows keep the rule grade (and `grader: "rules"`).
+
+def benchmark_grader(benchmark: str, cfg: EvalConfig) -> str:
+    """The grader that decides `benchmark`'s rows: `cfg.grader`, or with `auto` the benchmark's own default grader
+    (`BenchmarkSpec.default_grader`), the judge only where one is configured."""
+    if cfg.grader != "auto":
+        return cfg.grader
+    spec = BENCHMARKS.get(benchmark)
+    return "judge" if spec is not None and spec.default_grader == "judge" and judge_configured(cfg) else "rules"
+
+
+def grader_label(benchmark: str, grader: str) -> str:
+    """How a benchmark's numbers were graded, for scores.json and the report: a benchmark meant for the judge but
+    graded by rules alone is marked approximate."""
+    spec = BENCHMARKS.get(benchmark)
+    if grader == "rules" and spec is not None and spec.default_grader == "judge":
+        return APPROXIMATE
+    return grader
+
+
+def grade_rows(rows: Sequence[Mapping[str, Any]], cfg: EvalConfig, judge: Judge | None = None) -> list[dict[str, Any]]:
+    """Rows + `extracted`, `correct`, `rule` (the rule that decided the rule grade), `grader` (the grader that
+    decided the row), in input order.
+
+    Each benchmark is graded by `benchmark_grader`: `rules` alone; `judge` asks the judge about every extracted
+    answer; `rules+judge` asks only about the answers the rules call incorrect. With a judge, rows also get
+    `rules_correct`, and `judge_failed: true` when their question's judge call finally failed: those rows keep the
+    rule grade (and `grader: "rules"`).
     """
-    extracted, rule_correct = _rule_grades(rows)
+    extracted, verdicts = _rule_grades(rows, cfg.grade_processes)
     out = [
-        {**r, "extracted": e, "correct": c, "grader": "rules"}
-        for r, e, c in zip(rows, extracted, rule_correct, strict=True)
+        {**r, "extracted": e, "correct": v.correct, "rule": v.rule, "grader": "rules"}
+        for r, e, v in zip(rows, extracted, verdicts, strict=True)
     ]
-    if cfg.grader == "rules":
+    graders = {b: benchmark_grader(b, cfg) for b in {r["benchmark"] for r in rows}}
+    if all(g == "rules" for g in graders.values()):
         return out
     if judge is None:
         raise ValueError(f"grader {cfg.grader!r} needs a Judge")
-    for row, c in zip(out, rule_correct, strict=True):
-        row["rules_correct"] = c
 
     questions: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
-        questions[(r["benchmark"], str(r["example_id"]))].append(i)
+        if graders[r["benchmark"]] != "rules":
+            out[i]["rules_correct"] = verdicts[i].correct
+            questions[(r["benchmark"], str(r["example_id"]))].append(i)
     asks: list[list[int]] = []
-    for idxs in questions.values():
+    for (bench, _), idxs in questions.items():
         idxs = sorted(idxs, key=lambda i: rows[i]["sample_index"])
-        ask = [i for i in idxs if extracted[i] is not None and (cfg.grader == "judge" or not rule_correct[i])]
+        everything = graders[bench] == "judge"
+        ask = [i for i in idxs if extracted[i] is not None and (everything or not verdicts[i].correct)]
         if ask:  # no extracted answer to ask about: the rule grade ("no answer = incorrect") stands
             asks.append(ask)
 
@@ -173,12 +220,12 @@ def grade_rows(rows: Sequence[Mapping[str, Any]], cfg: EvalConfig, judge: Judge 
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # a VigosError (bad key): stop asking at once
             raise
-    for ask, verdicts in zip(asks, results, strict=True):
-        if verdicts is None:
+    for ask, judged in zip(asks, results, strict=True):
+        if judged is None:
             for i in ask:
                 out[i]["judge_failed"] = True
             continue
-        for i, v in zip(ask, verdicts, strict=True):
+        for i, v in zip(ask, judged, strict=True):
             out[i]["correct"] = v
             out[i]["grader"] = "judge"
     return out
@@ -208,16 +255,18 @@ def score_responses(
 ) -> dict[str, Any]:
     """Grade the responses and return the Scores JSON; write grades/<benchmark>.jsonl and `output` when given.
 
-    A judge is built from `cfg` (caching replies under `judge_cache`) when `cfg.grader` needs one and none is
-    passed; it is built before any grading so a missing URL or key fails at once.
+    A judge is built from `cfg` (caching replies under `judge_cache`) when a benchmark's grader needs one and none
+    is passed; it is built before any grading so a missing URL or key fails at once.
     """
-    if cfg.grader != "rules" and judge is None:
-        judge = Judge(cfg, judge_cache)
     rows = read_responses(response_files(responses))
     if not rows:
         raise VigosError(f"{responses}: no response rows to score")
+    graders = {b: benchmark_grader(b, cfg) for b in {r["benchmark"] for r in rows}}
+    if judge is None and any(g != "rules" for g in graders.values()):
+        judge = Judge(cfg, judge_cache)  # before any grading: a missing URL or key fails at once
     graded = grade_rows(rows, cfg, judge)
-    scores = compute_scores(graded, cfg.grader)
+    scores = compute_scores(graded, {b: grader_label(b, g) for b, g in graders.items()})
+    scores["grader"] = cfg.grader
     prompt = generation_settings(responses).get("student_prompt")
     if prompt:
         scores["student_prompt"] = prompt  # which prompt set produced these responses (the report names it)

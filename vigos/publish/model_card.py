@@ -237,7 +237,7 @@ def render_model_card(
         f"For the main benchmarks, {_int(ev.get('n_samples'))} stochastic responses are sampled per example and "
         f"Pass@{k} / Avg@{k} reported. Pass@{k} checks whether at least one of the {k} sampled answers is correct, "
         f"while Avg@{k} is the mean correctness across all {k} samples."
-        + (f" Answers were graded by the `{scores['grader']}` grader." if scores.get("grader") else ""),
+        + _graders_sentence(scores),
         "",
         "For ViLP, one response is generated per prompt and Score / Prior reported. Score measures accuracy on visually "
         "diagnostic questions where the model must use the image, and Prior measures accuracy on prior-aligned "
@@ -411,6 +411,20 @@ def _dataset_of(bench: str) -> tuple[str, str | None]:
 
 def _ordered(section: Mapping[str, Any], preferred: tuple[str, ...]) -> list[str]:
     return [n for n in preferred if n in section] + [n for n in section if n not in preferred]
+
+
+def _graders_sentence(scores: Mapping[str, Any]) -> str:
+    """Which grader decided each benchmark ("rules (approximate)" for MM-Vet graded without its judge)."""
+    names: dict[str, list[str]] = {}
+    for section in ("benchmarks", "vilp"):
+        for bench, row in (scores.get(section) or {}).items():
+            if isinstance(row, Mapping) and row.get("grader"):
+                names.setdefault(str(row["grader"]), []).append(bench)
+    if not names:
+        return ""
+    if len(names) == 1:
+        return f" Answers were graded by {next(iter(names))}."
+    return " Answers were graded by " + "; ".join(f"{g} ({', '.join(b)})" for g, b in names.items()) + "."
 
 
 def _k(scores: Mapping[str, Any], ev: Mapping[str, Any]) -> int:
