@@ -3,7 +3,9 @@ run (or a recurring run) in an experiment.
 
 Where and who come from the environment, never from the command line or the repository:
     KF_PIPELINES_ENDPOINT   the KFP API/UI URL, e.g. https://kubeflow.example.com/pipeline (required)
-    KF_PIPELINES_NAMESPACE  the profile namespace of multi-user installs (default: kubeflow)
+    KF_PIPELINES_NAMESPACE  the profile namespace of multi-user installs, where the runs' pods go and where
+                            k8s/ must be applied (default: vigos, the namespace of k8s/base). Standalone
+                            (single-user) KFP ignores it and runs every pod in its own namespace.
     KF_PIPELINES_TOKEN      a bearer token, when the endpoint needs one (e.g. `kubectl create token ...`)
     KF_PIPELINES_SERVICE_ACCOUNT  the runs' service account (default: vigos-pipeline-runner, k8s/base/rbac.yaml)
 
@@ -28,6 +30,8 @@ ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 SERVICE_ACCOUNT_ENV = "KF_PIPELINES_SERVICE_ACCOUNT"
+DEFAULT_NAMESPACE = "vigos"
+"""k8s/base's namespace, which holds the PVC, ConfigMap, Secrets and service account every step uses."""
 _KFP_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool, "LIST": list,
               "STRUCT": dict}
 
@@ -86,6 +90,11 @@ def _version_name(pipeline_name: str) -> str:
     return f"{pipeline_name}-{stamp}-{sha}"
 
 
+def namespace() -> str:
+    """The namespace runs are submitted to: KF_PIPELINES_NAMESPACE, else DEFAULT_NAMESPACE."""
+    return os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+
+
 def client_from_env():
     import kfp
 
@@ -93,8 +102,7 @@ def client_from_env():
     if not host:
         raise VigosError(f"set {ENDPOINT_ENV} to the Kubeflow Pipelines endpoint "
                          "(e.g. https://kubeflow.example.com/pipeline), and KF_PIPELINES_TOKEN if it needs a token")
-    return kfp.Client(host=host, existing_token=os.environ.get(TOKEN_ENV) or None,
-                      namespace=os.environ.get(NAMESPACE_ENV) or "kubeflow")
+    return kfp.Client(host=host, existing_token=os.environ.get(TOKEN_ENV) or None, namespace=namespace())
 
 
 def submit(
@@ -108,7 +116,6 @@ def submit(
 ) -> Submission:
     """Upload `package` as a new version of `pipeline_name` and start a run (a recurring one with `cron`)."""
     client = client_from_env()
-    namespace = os.environ.get(NAMESPACE_ENV) or "kubeflow"
     version_name = _version_name(pipeline_name)
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
@@ -121,7 +128,7 @@ def submit(
         version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name,
                                                  pipeline_id=pipeline_id)
         version_id = version.pipeline_version_id
-    exp = client.create_experiment(experiment, namespace=namespace)
+    exp = client.create_experiment(experiment, namespace=namespace())
     prefix = client._get_url_prefix()  # the UI URL kfp itself prints links with
     job_name = run_name or version_name
     from pipeline.pipeline import SERVICE_ACCOUNT

@@ -1,17 +1,16 @@
-"""k8s/: the kustomizations render, every object validates against Kubernetes 1.30 (strict schema), and the
-objects the pipeline names exist with the properties it relies on."""
+"""k8s/: the kustomizations render, every object validates against Kubernetes 1.30 (strict schema), the objects
+the pipeline names exist with the properties it relies on, and nothing breaks when the overlay moves everything to
+another namespace (k8s/overlays/namespace-example)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -28,12 +27,18 @@ VALIDATE = shutil.which("kubernetes-validate", path=str(Path(sys.executable).par
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) not on PATH: cannot render k8s/")
 PLACEHOLDER = re.compile(r"^(REPLACE_ME.*|)$")
 IN_CLUSTER_HOSTS = ["mlflow", "mlflow.vigos", "mlflow.vigos.svc", "mlflow.vigos.svc.cluster.local"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+NAMESPACE_EXAMPLE = "overlays/namespace-example"
+CLUSTER_SCOPED = {"Namespace", "PriorityClass", "ClusterRole", "ClusterRoleBinding"}
+ISTIO_INJECT = "sidecar.istio.io/inject"
+# The Role, rule by rule: (apiGroup, resource, resourceNames or None, verbs). Anything more is a finding.
+RUNNER_RULES = {
+    ("", "secrets", ("vigos-hf-token", "vigos-mlflow-credentials", "vigos-judge"), ("get",)),
+    ("", "configmaps", ("vigos-mlflow",), ("get",)),
+    ("trainer.kubeflow.org", "trainjobs", None, ("get", "list", "watch", "create", "delete")),
+    ("trainer.kubeflow.org", "trainjobs/status", None, ("get",)),
+    ("", "pods", None, ("get", "list", "watch")),
+    ("", "pods/log", None, ("get",)),
+}
 
 
 def _render(path: Path) -> str:
@@ -57,6 +62,16 @@ def a100():
     return [d for d in yaml.safe_load_all(_render(K8S / "overlays/a100")) if d]
 
 
+@pytest.fixture(scope="module")
+def other_namespace():
+    """k8s/overlays/namespace-example rendered: (its namespace, the text, the objects)."""
+    if KUBECTL is None:
+        pytest.skip("kubectl (with kustomize) not on PATH: cannot render k8s/")
+    namespace = yaml.safe_load((K8S / NAMESPACE_EXAMPLE / "kustomization.yaml").read_text())["namespace"]
+    text = _render(K8S / NAMESPACE_EXAMPLE)
+    return namespace, text, [d for d in yaml.safe_load_all(text) if d]
+
+
 def _get(docs, kind, name):
     found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} objects"
@@ -74,8 +89,25 @@ def _mlflow_container(docs):
     return spec, next(c for c in spec["containers"] if c["name"] == "mlflow")
 
 
-def _args(container) -> dict[str, str]:
-    return dict(a.split("=", 1) if "=" in a else (a, "") for a in container["args"])
+def _expanded(container, namespace: str) -> list[str]:
+    """The container's args as the kubelet passes them: `$(VAR)` replaced from its env, a downward-API
+    `metadata.namespace` being the pod's namespace."""
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[e["name"]] = namespace
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+
+
+def _args(container, namespace: str = "vigos") -> dict[str, str]:
+    return dict(a.split("=", 1) if "=" in a else (a, "") for a in _expanded(container, namespace))
+
+
+def _rules(role) -> set[tuple]:
+    return {(group, resource, tuple(r["resourceNames"]) if "resourceNames" in r else None, tuple(r["verbs"]))
+            for r in role["rules"] for group in r["apiGroups"] for resource in r["resources"]}
 
 
 def _validate(path: Path, n_docs: int):
@@ -109,8 +141,8 @@ def test_the_names_the_pipeline_uses_exist(rendered):
     assert _get(docs, "ServiceAccount", "vigos-pipeline-runner")
     cache = _get(docs, "PersistentVolumeClaim", dag.CACHE_PVC)
     assert cache["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert _get(docs, "ConfigMap", dag.MLFLOW_CONFIG_MAP)["data"] == {
-        "tracking_uri": "http://mlflow.vigos.svc.cluster.local:5000"}
+    # a short name: it resolves to the Service of the reading pod's namespace, which is the ConfigMap's own
+    assert _get(docs, "ConfigMap", dag.MLFLOW_CONFIG_MAP)["data"] == {"tracking_uri": "http://mlflow:5000"}
     secrets = {dag.HF_TOKEN_SECRET: {"token"}, dag.MLFLOW_CREDENTIALS_SECRET: {"username", "password"},
                "vigos-judge": {"api_key"}, "mlflow-postgres": {"password"}}
     for name, keys in secrets.items():
@@ -126,16 +158,27 @@ def test_the_names_the_pipeline_uses_exist(rendered):
     assert _get(docs, "PersistentVolumeClaim", "mlflow-artifacts")
 
 
-def test_the_runner_role_reads_only_the_pipelines_own_secrets_and_configmap(rendered):
+def test_the_runner_role_is_least_privilege_and_may_run_trainjobs(rendered):
+    """Reads the pipeline's own Secrets/ConfigMap by name; runs Kubeflow Trainer TrainJobs (create/watch/delete) and
+    reads their pods and logs; nothing else (no update/patch/exec, no wildcard, nothing cluster-wide)."""
     _, docs = rendered
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    rules = _get(docs, "Role", "vigos-pipeline-runner")["rules"]
-    granted = {(r["resources"][0], n) for r in rules for n in r["resourceNames"]}
-    assert granted == {("secrets", dag.HF_TOKEN_SECRET), ("secrets", dag.MLFLOW_CREDENTIALS_SECRET),
-                       ("secrets", "vigos-judge"), ("configmaps", dag.MLFLOW_CONFIG_MAP)}
-    assert all(r["verbs"] == ["get"] and len(r["resources"]) == 1 for r in rules)
+    role = _get(docs, "Role", "vigos-pipeline-runner")
+    assert _rules(role) == RUNNER_RULES
+    named = {(res, n) for _, res, names, _ in RUNNER_RULES if names for n in names}
+    assert named == {("secrets", dag.HF_TOKEN_SECRET), ("secrets", dag.MLFLOW_CREDENTIALS_SECRET),
+                     ("secrets", dag.JUDGE_SECRET), ("configmaps", dag.MLFLOW_CONFIG_MAP)}
+    assert not any("*" in r["verbs"] + r["resources"] + r["apiGroups"] for r in role["rules"])
     binding = _get(docs, "RoleBinding", "vigos-pipeline-runner")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vigos-pipeline-runner", "namespace": "vigos"}]
+    namespace = binding["metadata"]["namespace"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "vigos-pipeline-runner"}
+    # rbac.yaml names no subject namespace: kustomize fills in the account's, and RBAC reads an absent one as the
+    # binding's own, so an overlay that moves everything elsewhere keeps binding the right account
+    [subject] = binding["subjects"]
+    assert subject["kind"] == "ServiceAccount" and subject["name"] == dag.SERVICE_ACCOUNT
+    assert subject.get("namespace", namespace) == namespace
+    assert _get(docs, "ServiceAccount", dag.SERVICE_ACCOUNT)["metadata"]["namespace"] == namespace
 
 
 def test_no_secret_carries_a_real_value(rendered):
@@ -195,12 +238,86 @@ def test_the_cache_init_job_is_the_only_root_container_and_only_chowns():
     assert "chown 1000:1000" in c["command"][-1] and {"cpu", "memory"} <= set(c["resources"]["limits"])
 
 
+def test_every_container_requests_local_disk_by_default(rendered):
+    # KFP 2.17 cannot request ephemeral storage per task: the namespace's LimitRange gives every container one
+    limits = _get(rendered[1], "LimitRange", "vigos-defaults")["spec"]["limits"][0]
+    assert limits["defaultRequest"]["ephemeral-storage"] == "20Gi"
+    assert "ephemeral-storage" not in limits.get("default", {})  # no limit: a burst must not evict training
+
+
 def test_a100_overlay_sets_the_pool_specifics(a100):
     cache = _get(a100, "PersistentVolumeClaim", dag.CACHE_PVC)["spec"]
     assert cache["storageClassName"] and cache["resources"]["requests"]["storage"] == "2Ti"
     assert _get(a100, "ResourceQuota", "vigos-quota")["spec"]["hard"]["requests.nvidia.com/gpu"] == "8"
     _, container = _mlflow_container(a100)
     assert {e["name"]: e.get("value") for e in container["env"]}["VIGOS_MLFLOW_WORKERS"] == "4"
+
+
+def _pod_template(docs, kind, name):
+    return _get(docs, kind, name)["spec"]["template"]
+
+
+def test_mlflow_and_postgres_pods_run_without_an_istio_sidecar(rendered):
+    """In a Kubeflow profile namespace Istio would inject a sidecar; the profile's AuthorizationPolicy then answers
+    403 to the step pods (KFP runs them without a sidecar), and `wait-for-postgres` would run before the proxy is
+    up. The pod-template label (Istio's current form, and Kubeflow's own manifests'), kept out of the selectors."""
+    _, docs = rendered
+    for kind, name in (("Deployment", "mlflow"), ("StatefulSet", "mlflow-postgres")):
+        workload = _get(docs, kind, name)
+        assert workload["spec"]["template"]["metadata"]["labels"][ISTIO_INJECT] == "false", name
+        assert ISTIO_INJECT not in workload["spec"]["selector"]["matchLabels"], name  # selectors are immutable
+    service_selectors = [d["spec"]["selector"] for d in docs if d["kind"] == "Service"]
+    assert service_selectors and all(ISTIO_INJECT not in sel for sel in service_selectors)
+
+
+def test_every_object_of_the_namespace_example_validates_strictly(other_namespace, tmp_path):
+    _, text, docs = other_namespace
+    (tmp_path / "rendered.yaml").write_text(text)
+    _validate(tmp_path / "rendered.yaml", len(docs))
+
+
+def test_the_namespace_example_moves_every_namespaced_object(other_namespace, a100):
+    """Same objects as the a100 overlay, minus the Namespace (it exists already and is not ours), each namespaced
+    one in the other namespace; the RoleBinding still binds the account of that namespace."""
+    namespace, _, docs = other_namespace
+    assert namespace != "vigos"
+    assert not [d for d in docs if d["kind"] == "Namespace"]
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == {
+        (d["kind"], d["metadata"]["name"]) for d in a100 if d["kind"] != "Namespace"}
+    for d in docs:
+        if d["kind"] not in CLUSTER_SCOPED:
+            assert d["metadata"].get("namespace") == namespace, f"{d['kind']}/{d['metadata']['name']}"
+    binding = _get(docs, "RoleBinding", "vigos-pipeline-runner")
+    assert all(s.get("namespace", namespace) == namespace for s in binding["subjects"])
+    assert _rules(_get(docs, "Role", "vigos-pipeline-runner")) == RUNNER_RULES
+    for kind, name in (("Deployment", "mlflow"), ("StatefulSet", "mlflow-postgres")):
+        assert _pod_template(docs, kind, name)["metadata"]["labels"][ISTIO_INJECT] == "false"
+
+
+def test_in_cluster_addresses_follow_the_namespace(other_namespace):
+    """Every address a pod uses resolves in the namespace the objects landed in: short Service names (resolved in
+    the pod's own namespace) or names that carry that namespace; the literal `vigos` namespace appears nowhere."""
+    namespace, text, docs = other_namespace
+    assert not re.search(r"\.vigos(\.svc|\b(?!-))|namespace: vigos\b", text), "a hard-coded vigos namespace"
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+
+    def resolves_here(host: str) -> bool:
+        name, _, rest = host.partition(".")
+        return name in services and rest in ("", namespace, f"{namespace}.svc", f"{namespace}.svc.cluster.local")
+
+    uri = urllib.parse.urlsplit(_get(docs, "ConfigMap", dag.MLFLOW_CONFIG_MAP)["data"]["tracking_uri"])
+    assert resolves_here(uri.hostname) and uri.port == 5000
+    spec, container = _mlflow_container(docs)
+    args = _args(container, namespace)
+    db = urllib.parse.urlsplit(args["--backend-store-uri"])
+    assert resolves_here(db.hostname) and db.port == 5432
+    [wait] = spec["initContainers"]
+    assert resolves_here(re.search(r"--host=(\S+)", wait["command"][-1]).group(1))
+    # the server accepts the Host header of the tracking URI and every in-cluster name of its Service
+    hosts = set(args["--allowed-hosts"].split(","))
+    assert uri.netloc in hosts
+    assert {f"mlflow.{namespace}.svc.cluster.local:5000", f"mlflow.{namespace}:5000"} <= hosts
+    assert not [h for h in hosts if "vigos" in h]
 
 
 def test_pipeline_gpu_defaults_match_the_node_pool_readme():
@@ -212,31 +329,30 @@ def test_pipeline_gpu_defaults_match_the_node_pool_readme():
     assert "kubectl apply -k k8s/overlays/a100" in readme and "port-forward svc/mlflow 5000:5000" in readme
 
 
+def test_readme_covers_namespace_istio_kfp_version_and_retries():
+    readme = (K8S / "README.md").read_text()
+    for section in ("## Namespace", "## Istio (multi-user Kubeflow)", "## Kubeflow Pipelines version",
+                    "## Preemption, retries and the Retry button"):
+        assert section in readme
+    assert f"k8s/{NAMESPACE_EXAMPLE}" in readme and (K8S / NAMESPACE_EXAMPLE / "kustomization.yaml").is_file()
+    assert f'{ISTIO_INJECT}: "false"' in readme and "KF_PIPELINES_NAMESPACE" in readme
+    assert "http://mlflow:5000" in readme and "2.16.0" in readme
+
+
 @pytest.mark.skipif(os.environ.get("VIGOS_SKIP_MLFLOW_SERVER") == "1", reason="VIGOS_SKIP_MLFLOW_SERVER=1")
-def test_mlflow_server_with_the_manifest_args_accepts_in_cluster_hosts_and_rejects_others(a100, tmp_path):
+def test_mlflow_server_with_the_manifest_args_accepts_in_cluster_hosts_and_rejects_others(a100, tmp_path, serve):
     """The manifest's exact --allowed-hosts/--workers/--serve-artifacts on this MLflow (the image's version), with
     SQLite in place of PostgreSQL: in-cluster Host headers pass, a foreign one gets 403."""
     _, container = _mlflow_container(a100)
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
-    port = _free_port()
+    args = _expanded(container, "vigos")
     args = [a for a in args if not a.startswith(("--backend-store-uri", "--artifacts-destination", "--port",
                                                   "--host", "--workers"))]
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", *args, "--workers=1", "--host=127.0.0.1",
-           f"--port={port}", f"--backend-store-uri=sqlite:///{tmp_path / 'db.sqlite'}",
-           f"--artifacts-destination={tmp_path / 'artifacts'}"]
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-                time.sleep(0.3)
+    command = lambda port: [  # noqa: E731
+        str(Path(sys.executable).with_name("mlflow")), "server", *args, "--workers=1", "--host=127.0.0.1",
+        f"--port={port}", f"--backend-store-uri=sqlite:///{tmp_path / 'db.sqlite'}",
+        f"--artifacts-destination={tmp_path / 'artifacts'}"]
+    with serve(command, tmp_path / "server.log", timeout_s=90) as base:
+        port = base.rsplit(":", 1)[1]
 
         def status(host: str) -> int:
             req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
@@ -252,12 +368,4 @@ def test_mlflow_server_with_the_manifest_args_accepts_in_cluster_hosts_and_rejec
         assert status("mlflow.vigos.svc.cluster.local") == 200
         assert status(f"localhost:{port}") == 200  # kubectl port-forward
         assert status("evil.example.com") == 403
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 

@@ -184,3 +184,23 @@ def test_endpoint_is_required(monkeypatch, tmp_path):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     result = run_cli(["submit"], monkeypatch, tmp_path)
     assert isinstance(result.exception, VigosError) and "set KF_PIPELINES_ENDPOINT" in str(result.exception)
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--cron", "0 0 2 * * 1"]])
+def test_namespace_defaults_to_the_one_k8s_base_creates(kfp_api, monkeypatch, tmp_path, command):
+    """Without KF_PIPELINES_NAMESPACE the experiment (and so, on multi-user KFP, the runs' pods) goes to `vigos`,
+    where k8s/base puts the PVC, ConfigMap, Secrets and service account every step needs."""
+    from pathlib import Path
+
+    from pipeline.submit import DEFAULT_NAMESPACE
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "k8s/base/kustomization.yaml").read_text())
+    assert DEFAULT_NAMESPACE == base["namespace"] == "vigos"
+    monkeypatch.delenv("KF_PIPELINES_NAMESPACE")
+    result = run_cli(command, monkeypatch, tmp_path)
+    assert result.exit_code == 0, result.output
+    (exp,) = kfp_api.experiments.values()
+    assert exp["namespace"] == "vigos"
+    lookups = [r for r in kfp_api.requests if r["method"] == "GET" and r["path"] == f"{API}/experiments"]
+    assert lookups and all(r["query"]["namespace"] == ["vigos"] for r in lookups)
+    assert (kfp_api.runs or kfp_api.recurring)[0]["experiment_id"] == exp["experiment_id"]
