@@ -43,6 +43,7 @@ bench: install  ## CPU benchmarks (ratios measured side by side; GPU runs: see b
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/grading.py
+	$(BIN)/python benchmarks/artifact_io.py
 
 clean:  ## Remove local run state (keeps .venv)
 	rm -rf .vigos build .pytest_cache

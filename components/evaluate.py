@@ -13,6 +13,8 @@ def evaluate_model(
     benchmarks: list,
     sources: list,
     gpus: int,
+    volume_root: str,
+    timeout_h: float,
     model: Input[Model],
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
@@ -24,9 +26,9 @@ def evaluate_model(
     result = steps.evaluate(
         steps.StepContext(preset, config_overrides, mlflow_experiment, kfp_run_id),
         model_path=model.path, output_dir=evaluation.path, label="model",
-        benchmarks=benchmarks, sources=sources, gpus=gpus,
+        benchmarks=benchmarks, sources=sources, gpus=gpus, volume_root=volume_root, timeout_h=timeout_h,
     )
-    result.write_kfp(metrics, summary)
+    result.write_kfp(metrics, summary, evaluation)
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
@@ -39,6 +41,8 @@ def evaluate_base(
     benchmarks: list,
     sources: list,
     gpus: int,
+    volume_root: str,
+    timeout_h: float,
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     summary: Output[Markdown],
@@ -49,9 +53,9 @@ def evaluate_base(
     ctx = steps.StepContext(preset, config_overrides, mlflow_experiment, kfp_run_id)
     result = steps.evaluate(
         ctx, model_path=base_model or ctx.config().model.name_or_path, output_dir=evaluation.path, label="base",
-        benchmarks=benchmarks, sources=sources, gpus=gpus,
+        benchmarks=benchmarks, sources=sources, gpus=gpus, volume_root=volume_root, timeout_h=timeout_h,
     )
-    result.write_kfp(metrics, summary)
+    result.write_kfp(metrics, summary, evaluation)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

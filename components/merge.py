@@ -11,12 +11,15 @@ def merge(
     mlflow_experiment: str,
     kfp_run_id: str,
     base_model: str,
+    volume_root: str,
+    prune_checkpoints: bool,
     adapter: Input[Model],
     merged_model: Output[Model],
     metrics: Output[Metrics],
     summary: Output[Markdown],
 ):
-    """Merge the LoRA adapter into the base model (full safetensors), verified on a probe input."""
+    """Merge the LoRA adapter into the base model (full safetensors), verified on a probe input; the model stays on
+    the shared volume and `merged_model` holds its manifest."""
     from vigos import steps
 
     result = steps.merge(
@@ -24,5 +27,7 @@ def merge(
         adapter_dir=adapter.path,
         merged_dir=merged_model.path,
         base_model=base_model,
+        volume_root=volume_root,
+        prune_checkpoints=prune_checkpoints,
     )
-    result.write_kfp(metrics, summary)
+    result.write_kfp(metrics, summary, merged_model)

@@ -11,12 +11,13 @@ def prepare_data(
     dataset_source: str,
     dataset_split: str,
     max_samples: int,
+    volume_root: str,
     dataset: Output[Dataset],
     metrics: Output[Metrics],
     summary: Output[Markdown],
 ):
     """Validate, filter, normalise and de-duplicate the training set (see `vigos data prepare`). Cacheable: it
-    takes no run id."""
+    takes no run id. The data stays on the shared volume; `dataset` holds its manifest."""
     from vigos import steps
 
     result = steps.prepare_data(
@@ -25,8 +26,9 @@ def prepare_data(
         dataset_source=dataset_source,
         dataset_split=dataset_split,
         max_samples=max_samples,
+        volume_root=volume_root,
     )
-    result.write_kfp(metrics, summary)
+    result.write_kfp(metrics, summary, dataset)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

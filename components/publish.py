@@ -20,7 +20,7 @@ def register(
 
     result = steps.register(
         steps.StepContext(preset, config_overrides, mlflow_experiment, kfp_run_id),
-        merged_dir=merged_model.path, merged_uri=merged_model.uri, eval_dir=model_eval.path,
+        merged_dir=merged_model.path, eval_dir=model_eval.path,
     )
     result.write_kfp(metrics, summary)
 
@@ -33,6 +33,7 @@ def publish_hub(
     kfp_run_id: str,
     hub_repo_id: str,
     hub_private: bool,
+    volume_root: str,
     merged_model: Input[Model],
     adapter: Input[Model],
     model_eval: Input[Artifact],
@@ -48,5 +49,6 @@ def publish_hub(
         steps.StepContext(preset, config_overrides, mlflow_experiment, kfp_run_id),
         merged_dir=merged_model.path, adapter_dir=adapter.path, eval_dir=model_eval.path,
         base_eval_dir=base_eval.path, staging_dir=hub_folder.path, repo_id=hub_repo_id, private=hub_private,
+        volume_root=volume_root,
     )
-    result.write_kfp(metrics, summary)
+    result.write_kfp(metrics, summary, hub_folder)

@@ -30,27 +30,32 @@ def _load_images_env(path: Path) -> None:
                 os.environ.setdefault(key.strip(), value.strip())
 
 
+ALONGSIDE_HELP = ("Evaluate the base model beside training instead of after the merge (needs GPU quota for both at "
+                  "once).")
+
+
 @app.command("compile")
 def compile_cmd(
     output: Path = typer.Option(Path("build/vigos-pipeline.yaml"), "--output", "-o", help="Where to write the YAML."),
     images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+    base_eval_alongside: bool = typer.Option(False, "--base-eval-alongside", help=ALONGSIDE_HELP),
 ) -> None:
     """Compile the pipeline to a KFP v2 YAML (pipeline spec + Kubernetes platform spec)."""
     _load_images_env(images_env)
     from pipeline.compile import compile_pipeline
 
-    path = compile_pipeline(output)
+    path = compile_pipeline(output, base_eval_alongside)
     typer.echo(f"wrote {path}")
 
 
 def _submit(params_file: Path | None, override: list[str], experiment: str, run_name: str | None,
-            cron: str | None, images_env: Path) -> None:
+            cron: str | None, images_env: Path, base_eval_alongside: bool = False) -> None:
     _load_images_env(images_env)
     from pipeline.compile import compile_pipeline
     from pipeline.pipeline import PIPELINE_NAME
     from pipeline.submit import resolve_parameters, submit
 
-    package = compile_pipeline(Path("build/vigos-pipeline.yaml"))
+    package = compile_pipeline(Path("build/vigos-pipeline.yaml"), base_eval_alongside)
     params = resolve_parameters(package, params_file, override)  # fails before anything is sent
     s = submit(package, params, experiment=experiment, pipeline_name=PIPELINE_NAME, run_name=run_name, cron=cron)
     kind = "recurring run" if s.recurring else "run"
@@ -68,9 +73,10 @@ def submit_cmd(
     experiment: str = typer.Option("vigos", help="KFP experiment to run in."),
     run_name: str | None = typer.Option(None, help="Run name (default: pipeline version name)."),
     images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+    base_eval_alongside: bool = typer.Option(False, "--base-eval-alongside", help=ALONGSIDE_HELP),
 ) -> None:
     """Compile, upload a new pipeline version and start a run (KF_PIPELINES_ENDPOINT / _NAMESPACE / _TOKEN)."""
-    _submit(params, override, experiment, run_name, None, images_env)
+    _submit(params, override, experiment, run_name, None, images_env, base_eval_alongside)
 
 
 @app.command("schedule")
@@ -81,9 +87,10 @@ def schedule_cmd(
     experiment: str = typer.Option("vigos", help="KFP experiment to run in."),
     run_name: str | None = typer.Option(None, help="Recurring run name (default: pipeline version name)."),
     images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+    base_eval_alongside: bool = typer.Option(False, "--base-eval-alongside", help=ALONGSIDE_HELP),
 ) -> None:
     """Compile, upload a new pipeline version and create a recurring run (one at a time, no catch-up)."""
-    _submit(params, override, experiment, run_name, cron, images_env)
+    _submit(params, override, experiment, run_name, cron, images_env, base_eval_alongside)
 
 
 @app.command("run-local")
@@ -101,6 +108,41 @@ def run_local_cmd(
         os.environ["VIGOS_HOME"] = str(home.resolve())
     result = run_local(preset=preset, rows=rows, overrides=list(override), verbose=verbose)
     sys.exit(0 if result.ok else 1)
+
+
+@app.command("trainjob")
+def trainjob_cmd(
+    nodes: int = typer.Option(..., "--nodes", min=1, help="Training nodes (pods), each with --gpus-per-node GPUs."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the TrainJob YAML."),
+    gpus_per_node: int = typer.Option(8, min=0, help="GPUs (= training processes) per node; 0: one CPU process."),
+    image: str | None = typer.Option(None, help="Trainer image (default: VIGOS_GPU_IMAGE, as the GPU steps)."),
+    namespace: str = typer.Option("vigos", help="Namespace of the TrainJob (the pipeline's)."),
+    run_id: str = typer.Option("manual", help="KFP run id: names the TrainJob and its folder on the volume."),
+    preset: str = typer.Option("paper-7b", help="Config preset."),
+    dataset: str = typer.Option("/mnt/vigos/runs/datasets/REPLACE_ME", help="Prepared dataset folder on the volume."),
+    volume_root: str = typer.Option("/mnt/vigos/runs", help="The pipeline's `volume_root`."),
+    runtime: str = typer.Option("torch-distributed", help="ClusterTrainingRuntime of Kubeflow Trainer."),
+    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+) -> None:
+    """Write the Kubeflow Trainer TrainJob the train step would create (to review, or to `kubectl apply -f`)."""
+    import yaml
+
+    from vigos.training.trainjob import TrainJobSpec, build_trainjob
+
+    _load_images_env(images_env)
+    from components.images import GPU_IMAGE
+    from pipeline.pipeline import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS
+
+    spec = TrainJobSpec(run_id=run_id, image=image or GPU_IMAGE, dataset=dataset,
+                        output=f"{volume_root}/{run_id}/train", preset=preset, namespace=namespace, runtime=runtime,
+                        num_nodes=nodes, gpus_per_node=gpus_per_node, node_selector=DEFAULT_GPU_NODE_SELECTOR,
+                        tolerations=DEFAULT_GPU_TOLERATIONS)
+    manifest = build_trainjob(spec)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    typer.echo(f"wrote {output}: TrainJob {spec.name}, {nodes} node(s) x {gpus_per_node} GPU(s)")
+    if "REPLACE_ME" in dataset:
+        typer.echo("set --dataset to the prepared data's folder before applying it", err=True)
 
 
 def main() -> None:

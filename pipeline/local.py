@@ -1,8 +1,10 @@
 """Run the ViGOS DAG on this machine through `kfp.local` (the demo, and the end-to-end tests' backbone).
 
-Same DAG, same components as on the cluster; only the inputs differ: a tiny random Qwen2.5-VL and a synthetic
+Same DAG, same components as on the cluster (less the several-nodes training branch: no Kubernetes here); only
+the inputs differ: a tiny random Qwen2.5-VL and a synthetic
 dataset built here first, and MLflow on a local store (`MLFLOW_TRACKING_URI`, default SQLite under .vigos/).
-Kubernetes settings (GPUs, node selectors, secrets) are ignored by kfp.local.
+Kubernetes settings (node selectors, secrets, timeouts) are ignored by kfp.local; the shared volume is the folder
+`.vigos/volume` (`$VIGOS_HOME/volume`), and the GPU counts are 0.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def run_local(
 ) -> LocalRun:
     from kfp import local
 
-    from pipeline.pipeline import vigos_pipeline
+    from pipeline.pipeline import build_pipeline
     from vigos.config import load_config
     from vigos.tracking import tracking_uri, vigos_home
 
@@ -167,9 +169,11 @@ def run_local(
             # kfp.local says, for every task, that it ignores Kubernetes resources and the image: expected here
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            vigos_pipeline(
+            # the cluster's DAG less its several-nodes branch (Kubeflow Trainer), which kfp.local cannot select
+            build_pipeline(multi_node=False)(
                 preset=preset, dataset_source=str(data_dir), base_model=str(model_dir), eval_sources=sources,
-                checkpoint_root=str(home / "checkpoints"), config_overrides=overrides,
+                # the shared volume is a local folder; no GPUs here (a pod that asks for GPUs and sees none fails)
+                volume_root=str(home / "volume"), train_gpus=0, eval_gpus=0, config_overrides=overrides,
             )
     except Exception as e:  # kfp.local raises on a failed task only with raise_on_error=True; be safe anyway
         console.print(f"[red]pipeline failed:[/] {e}")
@@ -250,5 +254,5 @@ def _summary(steps, parent, outputs: Path, ok: bool, durations: dict[str, float]
         print(f"MLflow run: {parent.info.run_name} ({parent.info.run_id}) in experiment {parent.info.experiment_id}")
     ui = f".venv/bin/mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
     print(f"MLflow UI:  {ui}")
-    print(f"Artifacts:  {outputs}")
+    print(f"Artifacts:  {outputs} (manifests; the data is under {outputs.parent / 'volume'})")
     console.print("[bold green]demo finished[/]" if ok else "[bold red]demo failed[/] (see the step logs above)")

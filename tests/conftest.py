@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,42 +22,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def served(command: Callable[[int], list[str]], log_path: Path, *, timeout_s: float = 120,
+           env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `command(port)` (a server on 127.0.0.1:port, in its own process group) until its `/health` answers
+    200; yield its base URL, then stop the whole group. A server that exits or stays silent past `timeout_s`
+    fails the test with the tail of its log."""
+    port = _free_port()
+    cmd, base = command(port), f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else f"no answer in {timeout_s} s"
+                pytest.fail(f"`{' '.join(map(str, cmd))}` did not start ({why}); its log ends with:\n"
+                            f"{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """`served` for test modules (they cannot import conftest under --import-mode=importlib)."""
+    return served
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server for the session; yields its URI. Stopped at the end."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin), "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not start; log:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-    log.close()
+    with served(lambda port: [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                              "--port", str(port), "--workers", "1"],
+                root / "server.log") as uri:
+        yield uri
 
 
 @pytest.fixture

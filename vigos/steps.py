@@ -8,17 +8,19 @@ without KFP, and the local DAG and the cluster DAG execute exactly this code.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from vigos import volume
 from vigos.config import VigosConfig, load_config
 from vigos.errors import VigosError
 
@@ -44,12 +46,15 @@ class StepResult:
     metrics: dict[str, float]
     markdown: str
 
-    def write_kfp(self, metrics_artifact: Any, markdown_artifact: Any) -> None:
-        """Fill the component's `Output[Metrics]` and `Output[Markdown]`."""
+    def write_kfp(self, metrics_artifact: Any, markdown_artifact: Any, *by_reference: Any) -> None:
+        """Fill the component's `Output[Metrics]` and `Output[Markdown]`; `by_reference`: output artifacts holding
+        a manifest (`vigos.volume`), whose metadata then shows the data's path and size in the KFP UI."""
         for key, value in self.metrics.items():
             metrics_artifact.log_metric(key, float(value))
         Path(markdown_artifact.path).parent.mkdir(parents=True, exist_ok=True)
         Path(markdown_artifact.path).write_text(self.markdown)
+        for artifact in by_reference:
+            artifact.metadata.update(volume.describe(volume.read_manifest(artifact.path)))
 
 
 def _one_line_errors(step):
@@ -73,16 +78,26 @@ def prepare_data(
     dataset_source: str = "",
     dataset_split: str = "",
     max_samples: int = -1,
+    volume_root: str = "",
 ) -> StepResult:
     """Data prep. Empty strings / -1 keep the preset's value; max_samples 0 keeps every row.
 
+    With `volume_root`, the prepared data goes to `<volume_root>/datasets/<hash of the data settings>/` and
+    `output_dir` gets its manifest (`vigos.volume`); without, into `output_dir` itself.
     No MLflow here, and no run id among its inputs: the step is cached by KFP when its inputs are unchanged, and
     a run id would make every input set new. `record_data_stats` (never cached) logs the result of every run.
     """
     from vigos.data.prepare import prepare
 
     cfg = ctx.config(_data_values(dataset_source, dataset_split, max_samples))
-    stats = prepare(cfg.data, output_dir)
+    if not volume_root:
+        stats = prepare(cfg.data, output_dir)
+        return StepResult(metrics=_prep_metrics(stats), markdown=_prep_markdown(cfg, stats))
+    settings = json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str)
+    folder = Path(volume_root) / "datasets" / hashlib.sha256(settings.encode()).hexdigest()[:16]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stats = prepare(cfg.data, folder)  # written beside, then renamed: a concurrent run never reads half of it
+    volume.write_manifest(output_dir, folder, "dataset")
     return StepResult(metrics=_prep_metrics(stats), markdown=_prep_markdown(cfg, stats))
 
 
@@ -106,6 +121,7 @@ def record_data_stats(ctx: StepContext, dataset_dir: str) -> None:
     from vigos.tracking import log_metrics, step_run
 
     cfg = ctx.config()
+    dataset_dir = str(volume.resolve(dataset_dir))
     stats = json.loads((Path(dataset_dir) / STATS_FILE).read_text())
     params = {"data.source": stats["source"], "data.split": stats["split"]}
     params |= {f"data.{k}": v for k, v in stats.get("config", {}).items()} | {"preset": cfg.preset}
@@ -159,14 +175,60 @@ def finalize_run(ctx: StepContext, state: str, error_message: str = "") -> str:
                          error_message=error_message)
 
 
+def _gpu_report() -> str:
+    """What this pod sees of GPUs: node, driver, the device variables, torch's CUDA build."""
+    import socket
+
+    import torch
+
+    driver_file = Path("/proc/driver/nvidia/version")
+    driver = driver_file.read_text().splitlines()[0].strip() if driver_file.is_file() else "no NVIDIA driver loaded"
+    devices = ", ".join(f"{v}={os.environ[v]!r}" for v in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+                        if v in os.environ) or "no *_VISIBLE_DEVICES set"
+    return (f"node {os.environ.get('NODE_NAME') or socket.gethostname()}; driver: {driver}; {devices}; "
+            f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none: a CPU-only torch'}) sees "
+            f"{torch.cuda.device_count()} GPU(s)")
+
+
 def _processes(gpus: int) -> int:
-    """One process per GPU this pod got (`gpus` is what was requested); one CPU process without GPUs."""
+    """One process per GPU this pod got (`gpus` is what was requested); one CPU process when none were asked.
+
+    A pod that asked for GPUs and sees none fails at once: training a 7B model on CPU would look like progress
+    for days (a node without the device plugin, a CPU-only image, a wrong runtime class).
+    """
     import torch
 
     visible = torch.cuda.device_count()
+    if gpus > 0 and visible == 0:
+        raise VigosError(f"{gpus} GPU(s) requested but none usable here: {_gpu_report()}. Check the node pool "
+                         "(gpu_node_selector), the NVIDIA device plugin and the image; set the GPU count to 0 for "
+                         "a CPU run")
     if gpus > visible > 0:
         print(f"[vigos] warning: {gpus} GPUs requested but {visible} visible; using {visible}", flush=True)
-    return max(1, min(gpus, visible) if gpus > 0 else visible)
+    return max(1, min(gpus, visible)) if gpus > 0 else 1
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout_h: float, what: str) -> None:
+    """Run a (torchrun) command in its own process group; past `timeout_h` hours (0: none) the whole group is
+    stopped, so a hung collective cannot hold the pod's GPUs forever."""
+    timeout = timeout_h * 3600 if timeout_h and timeout_h > 0 else None
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise VigosError(f"{what} ran past its timeout of {timeout_h:g} h and was stopped; raise the timeout "
+                         "parameter, or retry the run: it resumes from its last checkpoint") from None
+    except BaseException:  # the step itself was stopped (KFP cancel): take the workers down with it
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise
+    if code != 0:
+        raise RuntimeError(f"{what} exited with code {code} (its log is above)")
 
 
 @_one_line_errors
@@ -175,13 +237,21 @@ def train(
     dataset_dir: str,
     adapter_dir: str,
     base_model: str = "",
-    checkpoint_root: str = "",
+    volume_root: str = "",
     gpus: int = 0,
+    timeout_h: float = 0.0,
+    nodes: int = 1,
+    image: str = "",
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
 ) -> StepResult:
-    """ViGOS training on every GPU of this pod (one process per GPU under torchrun; one CPU process without).
+    """ViGOS training: on one node, on every GPU of this pod (one process per GPU under torchrun; one CPU process
+    without); on `nodes` > 1, as a Kubeflow Trainer TrainJob of `nodes` pods with `gpus` GPUs each, running
+    `image` on the GPU pool (`node_selector`, `tolerations`), which this pod creates, follows and deletes.
 
-    Checkpoints live under `checkpoint_root/<kfp run id>/train` (a PVC on the cluster), not in the output
-    artifact: a retried pod of the same run finds them there and resumes.
+    Checkpoints and the final adapter live in `<volume_root>/<kfp run id>/train` (the shared volume on the
+    cluster), not in the output artifact, which gets the adapter's manifest: a retried pod of the same run finds
+    the checkpoints there and resumes, on one node or several.
     """
     import mlflow
 
@@ -190,34 +260,58 @@ def train(
 
     values: dict[str, Any] = {"model.name_or_path": base_model} if base_model else {}
     cfg = ctx.config(values)
-    work = Path(checkpoint_root or vigos_home() / "checkpoints") / ctx.kfp_run_id / "train"
-    work.mkdir(parents=True, exist_ok=True)
+    dataset = volume.resolve(dataset_dir)
+    work = volume.run_folder(volume_root or vigos_home() / "runs", ctx.kfp_run_id, "train")
     config_path = work / "config.yaml"
     config_path.write_text(dump_config(cfg))
-    nproc = _processes(gpus)
+    if nodes < 1:
+        raise VigosError(f"train_nodes must be >= 1, got {nodes}")
+    nproc = _processes(gpus) if nodes == 1 else max(gpus, 1) * nodes
     params = {k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "lora", "train")}
     with step_run("train", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params) as run:
         mlflow.log_dict(cfg.to_dict(), "config.json")
-        mlflow.set_tags({"vigos.processes": str(nproc), "vigos.checkpoints": str(work)})
-        env = {**os.environ, "MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": tracking_uri()}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "vigos.training.launch", "--dataset", dataset_dir, "--output", str(work),
-               "--preset", cfg.preset, "--config", str(config_path)]
-        print(f"[vigos] training with {nproc} process(es); checkpoints in {work}", flush=True)
-        proc = subprocess.run(cmd, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"training exited with code {proc.returncode} (its log is above)")
+        mlflow.set_tags({"vigos.processes": str(nproc), "vigos.nodes": str(nodes), "vigos.checkpoints": str(work)})
+        run_env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": tracking_uri()}
+        if nodes > 1:
+            _train_on_nodes(ctx, cfg, dataset, work, config_path, run_env, nodes=nodes, gpus=gpus, image=image,
+                            node_selector=node_selector, tolerations=tolerations, timeout_h=timeout_h)
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "vigos.training.launch", "--dataset", str(dataset), "--output", str(work),
+                   "--preset", cfg.preset, "--config", str(config_path)]
+            print(f"[vigos] training with {nproc} process(es); checkpoints in {work}", flush=True)
+            _run(cmd, {**os.environ, **run_env}, timeout_h, "training")
         state = json.loads((work / "trainer_state.json").read_text())
         final = state["history"][-1] if state["history"] else {}
         means = _train_means(state["history"])
         summary = {f"final_{k}": v for k, v in final.items()} | means | {"steps": state["steps"]}
         log_metrics(summary)
-    if Path(adapter_dir).exists():
-        shutil.rmtree(adapter_dir)
-    shutil.copytree(work / "adapter", adapter_dir)
+    volume.write_manifest(adapter_dir, work / "adapter", "adapter", extra={"checkpoints": str(work)})
     keys = ("loss", "format_valid_rate", "answer_accuracy", "truncated_rate", "tokens_per_second")
     metrics = {k: float(final[k]) for k in keys if k in final} | means | {"steps": float(state["steps"])}
     return StepResult(metrics=metrics, markdown=_train_markdown(cfg, state))
+
+
+_POD_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _train_on_nodes(ctx: StepContext, cfg: VigosConfig, dataset: Path, work: Path, config_path: Path,
+                    env: dict[str, str], *, nodes: int, gpus: int, image: str, node_selector: dict[str, str] | None,
+                    tolerations: list[dict[str, Any]] | None, timeout_h: float) -> None:
+    """Training as a Kubeflow Trainer TrainJob in this pod's namespace; every node reads the data and writes the
+    checkpoints on the shared volume (ReadWriteMany), so resume works as on one node."""
+    from vigos.training.trainjob import TrainJobSpec, run_trainjob
+
+    if not image:
+        raise VigosError("multi-node training needs the trainer image (the pipeline passes its GPU image)")
+    namespace = _POD_NAMESPACE.read_text().strip() if _POD_NAMESPACE.is_file() else "vigos"
+    spec = TrainJobSpec(run_id=ctx.kfp_run_id, image=image, dataset=str(dataset), output=str(work),
+                        preset=cfg.preset, config=str(config_path), namespace=namespace, num_nodes=nodes,
+                        gpus_per_node=gpus, env=env, node_selector=node_selector or {},
+                        tolerations=tolerations or [])
+    print(f"[vigos] training on {nodes} nodes x {max(gpus, 1)} process(es) (TrainJob {spec.name} in {namespace}); "
+          f"checkpoints in {work}", flush=True)
+    run_trainjob(spec, timeout_s=timeout_h * 3600 if timeout_h > 0 else None)
 
 
 # Averaged over the run's steps for the summary: one step's value says little (a tiny run's last step may hold no
@@ -254,22 +348,40 @@ def _train_markdown(cfg: VigosConfig, state: dict[str, Any]) -> str:
 
 
 @_one_line_errors
-def merge(ctx: StepContext, adapter_dir: str, merged_dir: str, base_model: str = "") -> StepResult:
-    """Adapter + base -> full model in the preset's dtype, verified on a probe before it is written."""
+def merge(ctx: StepContext, adapter_dir: str, merged_dir: str, base_model: str = "", volume_root: str = "",
+          prune_checkpoints: bool = False) -> StepResult:
+    """Adapter + base -> full model in the preset's dtype, verified on a probe before it is written.
+
+    The merged model goes to `<volume_root>/<kfp run id>/merged` and `merged_dir` gets its manifest (without a
+    volume root: into `merged_dir` itself). `prune_checkpoints`: once the merge is verified, the training's
+    checkpoints are deleted (the adapter stays).
+    """
     from vigos.merge import merge as merge_model
     from vigos.tracking import log_metrics, step_run
+    from vigos.training.trainer import prune_checkpoints as prune
 
     values: dict[str, Any] = {"model.name_or_path": base_model} if base_model else {}
     cfg = ctx.config(values)
+    adapter = volume.resolve(adapter_dir)
+    out = volume.run_folder(volume_root, ctx.kfp_run_id, "merged") if volume_root else Path(merged_dir)
     params = {"merge.dtype": cfg.model.dtype, "merge.base_model": base_model or "(from adapter_config.json)"}
     with step_run("merge", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):
-        r = merge_model(adapter_dir, merged_dir, dtype=cfg.model.dtype, base_model=base_model or None,
-                        overwrite=True)  # KFP hands each run a fresh output path
+        r = merge_model(adapter, out, dtype=cfg.model.dtype, base_model=base_model or None,
+                        overwrite=True)  # a retried step replaces its own half-written output
         metrics = {"probe_max_abs_diff": r.max_abs_diff, "probe_allowed_diff": r.allowed_diff,
                    "shards": float(r.shards), "seconds": r.seconds}
+        if volume_root:
+            metrics["total_bytes"] = float(volume.write_manifest(merged_dir, out, "merged model")["total_bytes"])
+        checkpoints = (volume.read_manifest(adapter_dir).get("checkpoints")
+                       if (Path(adapter_dir) / volume.MANIFEST).is_file() else None)
+        if prune_checkpoints and checkpoints:
+            metrics["checkpoint_bytes_freed"] = float(prune(Path(checkpoints)))
         log_metrics(metrics)
-    md = (f"# LoRA merge\n\n`{r.base_model}` + adapter -> {r.shards} safetensors shard(s) in `{cfg.model.dtype}`.\n\n"
-          f"Probe check: max |merged - adapter-on| logits = {r.max_abs_diff:.3g} (allowed {r.allowed_diff:.3g}).\n")
+    md = (f"# LoRA merge\n\n`{r.base_model}` + adapter -> {r.shards} safetensors shard(s) in `{cfg.model.dtype}`"
+          f" in `{out}`.\n\nProbe check: max |merged - adapter-on| logits = {r.max_abs_diff:.3g} "
+          f"(allowed {r.allowed_diff:.3g}).\n")
+    if "checkpoint_bytes_freed" in metrics:
+        md += f"\nTraining checkpoints deleted: {metrics['checkpoint_bytes_freed'] / 2**30:.2f} GiB freed.\n"
     return StepResult(metrics=metrics, markdown=md)
 
 
@@ -292,10 +404,15 @@ def evaluate(
     benchmarks: list[str] | None = None,
     sources: list[str] | None = None,
     gpus: int = 0,
+    volume_root: str = "",
+    timeout_h: float = 0.0,
 ) -> StepResult:
     """Pass@k evaluation of one model: responses (resumable), grades, scores.json and a report, all in MLflow.
 
-    Data-parallel over this pod's GPUs under torchrun; one process without GPUs.
+    `model_path`: a Hub id, a folder, or an artifact holding a manifest (the merged model on the shared volume).
+    Outputs go to `<volume_root>/<kfp run id>/eval-<label>` (a retried pod resumes its responses there) and
+    `output_dir` gets their manifest; without a volume root, into `output_dir`. With GPUs: data-parallel under
+    torchrun, one process per GPU, stopped after `timeout_h` hours (0: no limit); without: in this process.
     """
     import mlflow
 
@@ -307,22 +424,23 @@ def evaluate(
     from vigos.tracking import log_metrics, step_run, tracking_uri
 
     cfg = ctx.config(eval_values(benchmarks, sources))
-    out = Path(output_dir)
+    if Path(model_path, volume.MANIFEST).is_file():
+        model_path = str(volume.resolve(model_path))
+    out = volume.run_folder(volume_root, ctx.kfp_run_id, f"eval-{label}") if volume_root else Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     nproc = _processes(gpus)
     params = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"eval.model": model_path,
                                                                            "prompt.student": cfg.prompt.student}
     with step_run(f"evaluate-{label}", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment,
                   params=params):
-        if nproc > 1:
+        if gpus > 0:
             config_path = out / "config.yaml"
             config_path.write_text(dump_config(cfg))
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                    "-m", "vigos.cli", "eval", "run", "--output", str(out), "--model", model_path,
                    "--preset", cfg.preset, "--config", str(config_path)]
             env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}
-            if subprocess.run(cmd, env=env).returncode != 0:
-                raise RuntimeError("evaluation processes failed (their log is above)")
+            _run(cmd, env, timeout_h, "evaluation")
         else:
             run_eval(model_path, cfg, out)
         scores = score_responses(out / "responses", cfg.eval, grades_dir=out / "grades", output=out / "scores.json")
@@ -332,6 +450,8 @@ def evaluate(
         for folder in ("responses", "grades", "report"):
             mlflow.log_artifacts(str(out / folder), folder)
         mlflow.log_artifact(str(out / "scores.json"))
+    if volume_root:
+        volume.write_manifest(output_dir, out, "evaluation", extra={"model": model_path})
     return StepResult(metrics=metrics, markdown=report.markdown.read_text().split("![")[0])
 
 
@@ -345,8 +465,8 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
     from vigos.tracking import log_metrics, step_run
 
     cfg = ctx.config()
-    scores = json.loads((Path(model_eval_dir) / "scores.json").read_text())
-    base = json.loads((Path(base_eval_dir) / "scores.json").read_text())
+    scores = json.loads((volume.resolve(model_eval_dir) / "scores.json").read_text())
+    base = json.loads((volume.resolve(base_eval_dir) / "scores.json").read_text())
     with step_run("eval-report", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment) as run:
         folder = Path(tempfile.mkdtemp(prefix="vigos-eval-report-"))
         report = write_report(scores, folder, baseline=base, title="ViGOS vs base model vs ViGOS-7B card")
@@ -372,20 +492,24 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
 
 
 @_one_line_errors
-def register(ctx: StepContext, merged_dir: str, merged_uri: str, eval_dir: str) -> StepResult:
+def register(ctx: StepContext, merged_dir: str, eval_dir: str) -> StepResult:
     """A registry version of the merged model with every score as a tag; `candidate` always, `champion` only
-    when the gate metric beats the current champion's. A re-run of the same KFP run reuses its version."""
+    when the gate metric beats the current champion's. A re-run of the same KFP run reuses its version.
+
+    The model is copied into the MLflow run's artifacts (the tracking server's own store) and registered from
+    there (`runs:/`), so `models:/<name>@champion` resolves wherever the tracking server is reachable: a path on
+    the pipeline's volume or a KFP object-store URI (`minio://`) would not load outside the pipeline.
+    """
     from vigos.publish.registry import log_model_dir, register_model_version
     from vigos.tracking import log_metrics, step_run
 
     cfg = ctx.config()
-    scores = json.loads((Path(eval_dir) / "scores.json").read_text())
+    merged_dir = str(volume.resolve(merged_dir))
+    scores = json.loads((volume.resolve(eval_dir) / "scores.json").read_text())
     merge_info = json.loads((Path(merged_dir) / "vigos_merge.json").read_text())
     params = {"publish.registered_model": cfg.publish.registered_model, "publish.gate_metric": cfg.publish.gate_metric}
     with step_run("register", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params) as run:
-        source = merged_uri
-        if not urlparse(source).scheme:  # a local path (the demo): the tracking server stores a copy it serves
-            source = log_model_dir(merged_dir, run_id=run.info.run_id)
+        source = log_model_dir(merged_dir, run_id=run.info.run_id)
         r = register_model_version(
             cfg.publish.registered_model, source, run_id=run.info.run_id, kfp_run_id=ctx.kfp_run_id, scores=scores,
             base_model=merge_info["base_model"], dataset=cfg.data.source, gate_metric=cfg.publish.gate_metric,
@@ -402,9 +526,12 @@ def register(ctx: StepContext, merged_dir: str, merged_uri: str, eval_dir: str) 
 @_one_line_errors
 def publish_hub(
     ctx: StepContext, merged_dir: str, adapter_dir: str, eval_dir: str, base_eval_dir: str, staging_dir: str,
-    repo_id: str = "", private: bool | None = None,
+    repo_id: str = "", private: bool | None = None, volume_root: str = "",
 ) -> StepResult:
-    """Stage the merged model + a generated model card; upload it to the Hub, or (no repo id) only stage it."""
+    """Stage the merged model + a generated model card; upload it to the Hub, or (no repo id) only stage it.
+
+    With `volume_root` the staging folder is `<volume_root>/<kfp run id>/hub` (hard links to the merged model on
+    the same volume, not a copy) and `staging_dir` gets its manifest and the upload manifest."""
     from vigos.publish.hub import publish_to_hub
     from vigos.publish.model_card import render_model_card
     from vigos.tracking import log_metrics, step_run
@@ -416,6 +543,11 @@ def publish_hub(
     p = cfg.publish
     dry_run = not p.hub_repo_id
     card_repo = p.hub_repo_id or f"your-org/{p.registered_model}"
+    merged_dir, adapter_dir = str(volume.resolve(merged_dir)), str(volume.resolve(adapter_dir))
+    eval_dir, base_eval_dir = str(volume.resolve(eval_dir)), str(volume.resolve(base_eval_dir))
+    artifact_dir = staging_dir
+    if volume_root:
+        staging_dir = str(volume.run_folder(volume_root, ctx.kfp_run_id, "hub"))
     train_config = json.loads((Path(adapter_dir) / "vigos_train_config.json").read_text())
     info_path = Path(adapter_dir) / "vigos_train_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"world_size": 0, "device": "unknown"}
@@ -438,6 +570,11 @@ def publish_hub(
             mlflow.set_tag("hub.url", r.url)
         metrics = {"files": float(len(r.files)), "dry_run": float(dry_run)}
         log_metrics(metrics)
+    if volume_root:
+        # the artifact: what would be (or was) uploaded, with sizes and hashes; the files stay on the volume
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(r.manifest, Path(artifact_dir) / r.manifest.name)
+        volume.write_manifest(artifact_dir, staging_dir, "hub staging", hashes=False)
     where = f"uploaded to {r.url}" if r.url else f"dry run: staged in `{r.folder}`, nothing uploaded"
     md = f"# Hugging Face Hub\n\n{len(r.files)} files, {where}.\n\n" + "\n".join(f"- `{f}`" for f in r.files) + "\n"
     return StepResult(metrics=metrics, markdown=md)

@@ -14,10 +14,7 @@ import importlib.util
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -37,56 +34,25 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
 
 
 @pytest.fixture(scope="module")
-def served_judge(tiny_model_dir, tmp_path_factory):
+def served_judge(tiny_model_dir, tmp_path_factory, serve):
     """`transformers serve` pinned to the tiny model on a free 127.0.0.1 port; yields (base URL, the
     model ids /v1/models lists, the server log).
 
     The server answers only for the model it was started with, under the name it was given (here the folder path,
     as /v1/models lists it): any other `model` in a request is a 400. Always stopped, whatever happens."""
     log_path = tmp_path_factory.mktemp("judge-server") / "server.log"
-    port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(_TRANSFORMERS_CLI), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--device", "cpu", "--log-level", "info"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            try:
-                if _get_json(f"{base}/health").get("status") == "ok":
-                    break
-            except (OSError, ValueError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                exited = proc.poll() is not None
-                why = f"exited with {proc.returncode}" if exited else f"no /health in {_START_TIMEOUT_S} s"
-                pytest.fail(f"`{' '.join(cmd)}` did not start ({why}); its output ends with:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.3)
+    command = lambda port: [str(_TRANSFORMERS_CLI), "serve", str(tiny_model_dir), "--host", "127.0.0.1",  # noqa: E731
+                            "--port", str(port), "--device", "cpu", "--log-level", "info"]
+    with serve(command, log_path, timeout_s=_START_TIMEOUT_S, env=env) as base:
         models = [m["id"] for m in _get_json(f"{base}/v1/models")["data"]]
         yield f"{base}/v1", models, log_path
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """The whole DAG through kfp.local (SubprocessRunner), logging into a real `mlflow server`."""
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vigos import tracking
+from vigos import tracking, volume
 from vigos.data.synthetic import PLANTED_DROPS
 
 pytestmark = pytest.mark.slow
@@ -42,13 +43,20 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     stats = json.loads(open(stats_file).read())
     assert stats["rows_out"] == m["rows_out"]
 
-    # the KFP outputs: dataset on disk in save_to_disk format, the Markdown card, Metrics in executor output
+    # the KFP outputs: manifests of the data on the shared volume (a local folder here), the Markdown card
     runs = sorted(result.outputs_dir.glob("vigos-*"))
     assert runs, list(result.outputs_dir.iterdir())
     prep_dir = runs[-1] / "prepare-data"
-    assert (prep_dir / "dataset" / "stats.json").exists()
-    assert (prep_dir / "dataset" / "dataset_info.json").exists() or any((prep_dir / "dataset").rglob("*.arrow"))
+    dataset = volume.resolve(prep_dir / "dataset", verify_hashes=True)
+    assert dataset.parent == result.outputs_dir.parent / "volume" / "datasets"
+    assert (dataset / "stats.json").exists()
+    assert (dataset / "dataset_info.json").exists() or any(dataset.rglob("*.arrow"))
     assert "# Data prep" in (prep_dir / "summary").read_text()
+    # large data never goes through KFP's artifact store: every artifact of the run is small
+    sizes = {p: p.stat().st_size for p in runs[-1].rglob("*") if p.is_file()}
+    assert max(sizes.values()) < 2_000_000, max(sizes, key=sizes.get)
+    run_volume = result.outputs_dir.parent / "volume" / result.kfp_run_id
+    assert sorted(p.name for p in run_volume.iterdir()) == ["eval-base", "eval-model", "hub", "merged", "train"]
     _check_train(client, by_name["train"], runs[-1], tmp_path)
     _check_eval(client, by_name, runs[-1], parent)
     _check_publish(client, by_name, runs[-1])
@@ -103,8 +111,10 @@ def _check_train(client, train_run, run_dir, tmp_path):
     assert samples == ["rollouts/step-000002.jsonl", "rollouts/step-000004.jsonl"]
     row = json.loads(open(client.download_artifacts(train_run.info.run_id, samples[0], str(tmp_path))).readline())
     assert {"completion", "valid", "answer", "correct", "reference"} <= set(row)
-    adapter = run_dir / "train" / "adapter"
+    adapter = volume.resolve(run_dir / "train" / "adapter", verify_hashes=True)
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    # the checkpoints were pruned once the merge was verified; the adapter stays
+    assert not (adapter.parent / "checkpoints").exists()
     summary = (run_dir / "train" / "summary").read_text()
     assert "# ViGOS training" in summary and "mean over steps" in summary
 
@@ -126,8 +136,10 @@ def _check_eval(client, by_name, run_dir, parent):
     assert "model.mean.pass_at_k" in client.get_run(parent.info.run_id).data.metrics
     html = (run_dir / "eval-report" / "report").read_text()
     assert "data:image/png;base64," in html and "ViGOS-7B card" in html
-    rows = [json.loads(line) for line in (run_dir / "evaluate-model" / "evaluation" / "responses" / "vilp-f.jsonl")
-            .read_text().splitlines()]
+    evaluation = volume.resolve(run_dir / "evaluate-model" / "evaluation")
+    assert evaluation.name == "eval-model" and volume.read_manifest(run_dir / "evaluate-model" / "evaluation")[
+        "model"] == str(volume.resolve(run_dir / "merge" / "merged_model"))
+    rows = [json.loads(line) for line in (evaluation / "responses" / "vilp-f.jsonl").read_text().splitlines()]
     assert rows and all(r["sample_index"] == 0 for r in rows)  # ViLP: one sample per prompt
     assert all(r["response"].startswith("<description>") for r in rows)
 
@@ -140,7 +152,15 @@ def _check_publish(client, by_name, run_dir):
     assert "score.mean.pass_at_k" in version.tags
     hub = by_name["publish-hub"]
     assert hub.data.metrics["dry_run"] == 1.0
-    staged = run_dir / "publish-hub" / "hub_folder" / "upload"
+    # the registered model loads from the tracking server, as the README says
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts("models:/vigos-tiny-demo@champion")
+    assert (Path(local) / "config.json").exists() and list(Path(local).glob("*.safetensors"))
+    assert by_name["merge"].data.metrics["checkpoint_bytes_freed"] > 0
+    hub_artifact = run_dir / "publish-hub" / "hub_folder"
+    assert (hub_artifact / "upload_manifest.json").exists()  # what would be uploaded, listed
+    staged = volume.resolve(hub_artifact) / "upload"
     card = (staged / "README.md").read_text()
     assert card.startswith("---") and "base_model:" in card and "model-index:" in card
     assert (staged / "config.json").exists() and list(staged.glob("*.safetensors"))

@@ -20,7 +20,6 @@ The token is never logged, written, or shown in an error message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vigos.errors import VigosError
+from vigos.volume import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def stage(
             continue
         _link_or_copy(src, folder / rel)
     (folder / CARD).write_text(card_text, encoding="utf-8")
-    entries = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
+    entries = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
                for p in sorted(q for q in folder.rglob("*") if q.is_file())]
     manifest = {
         "repo_id": repo_id, "repo_type": "model", "private": private, "dry_run": dry_run,
@@ -134,14 +134,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)  # same filesystem: no second copy of 15 GB of weights
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_repo_id(repo_id: str) -> None:

@@ -11,10 +11,10 @@ registered before instead of creating a second one, then re-applies tags and ali
 racing both keep the OLDEST version and the loser deletes its own (the pattern of `vigos.tracking`).
 
 MLflow 3 notes (shared/design/STACK-NOTES.md): `mlflow.register_model` needs a LoggedModel, so the version is created
-with `MlflowClient.create_model_version(name, source=...)`. A tracking SERVER refuses a local path as source (unless it
-lies inside the run's artifact folder); the merged model's remote artifact URI (`s3://`, `gs://`, `minio://`...) or
-a `runs:/<run>/<path>` URI (see `log_model_dir`) works, and `models:/<name>@champion` then resolves to it. A local
-SQLite store (the local demo) accepts a plain path.
+with `MlflowClient.create_model_version(name, source=...)`. The pipeline registers from the tracking server's own
+artifact store (`runs:/<run>/model`, see `log_model_dir`), so `models:/<name>@champion` resolves for anyone who can
+reach the tracking server: a path on the pipeline's volume, or KFP's `minio://` artifact URI (no MLflow scheme),
+would not load outside the pipeline.
 """
 
 from __future__ import annotations

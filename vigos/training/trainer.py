@@ -194,6 +194,19 @@ def checkpoints_to_delete(folder: Path, keep: int, protect: set[str]) -> list[Pa
     return [p for _, p in steps[:-keep] if p.name not in protect]
 
 
+def prune_checkpoints(output_dir: Path) -> int:
+    """Delete a finished training's checkpoints (the final adapter stays); returns the bytes freed. For after the
+    adapter is merged: a 7B run's ZeRO-2 checkpoints are tens of GB each on the shared volume."""
+    import shutil
+
+    folder = Path(output_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return 0
+    freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    shutil.rmtree(folder)
+    return freed
+
+
 class ViGOSTrainer:
     def __init__(
         self,
