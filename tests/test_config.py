@@ -97,3 +97,122 @@ def test_round_trip_json_and_yaml():
     assert "kl_token_clip: 0.1" in dump_config(cfg)
     assert cfg.flat()["train.kl_token_clip"] == 0.1
     assert isinstance(VigosConfig().flat()["lora.target_modules"], str)
+
+
+# --- mistakes in config files, keys and values (issue 13): one line naming the file/key, the value and the fix ---
+
+
+def test_config_file_mistakes_name_the_file_and_the_problem(tmp_path):
+    from vigos.config import read_yaml_config
+
+    cases = {
+        "nope.yaml": None,
+        "bad.yaml": "train: [1,\n",
+        "tab.yaml": "train:\n\tmax_steps: 1\n",
+        "list.yaml": "- a\n- b\n",
+        "scalar.yaml": "42\n",
+    }
+    expected = {
+        "nope.yaml": "does not exist; check the --config path",
+        "bad.yaml": "is not valid YAML at line",
+        "tab.yaml": "is not valid YAML at line 2",
+        "list.yaml": "expected a mapping of sections (e.g. `train: {max_steps: 10}`), got a list",
+        "scalar.yaml": "got a int",
+    }
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config("tiny", tmp_path / name)
+        msg = str(e.value)
+        assert str(tmp_path / name) in msg and expected[name] in msg and "\n" not in msg, msg
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config("tiny", tmp_path)
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_yaml_config(tmp_path / "empty.yaml") == {}
+    assert load_config("tiny", tmp_path / "empty.yaml") == load_config("tiny")
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.learning_rat=1", "unknown key 'train.learning_rat'; did you mean 'train.learning_rate'?"),
+        ("eval.n_sample=2", "did you mean 'eval.n_samples'?"),
+        ("trian.max_steps=1", "unknown key 'trian'; did you mean 'train'?"),
+        ("lora.rank=8", "unknown key 'lora.rank'; valid keys here: r, alpha"),  # nothing close: the list
+    ],
+)
+def test_unknown_keys_suggest_the_closest(item, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", overrides=[item])
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.learning_rate=-1e-5", "train.learning_rate is -1e-05; it must be > 0"),
+        ("train.learning_rate=0", "train.learning_rate is 0.0; it must be > 0"),
+        ("eval.top_p=0", "eval.top_p is 0.0; it must be in (0, 1]"),
+        ("eval.top_p=1.01", "eval.top_p is 1.01; it must be in (0, 1]"),
+        ("train.rollout_top_p=2", "train.rollout_top_p is 2.0; it must be in (0, 1]"),
+        ("eval.temperature=-0.1", "eval.temperature is -0.1; it must be >= 0 (0: greedy)"),
+        ("eval.n_samples=0", "eval.n_samples is 0; it must be >= 1"),
+        ("eval.batch_size=0", "eval.batch_size is 0; it must be >= 1"),
+        ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size is 0; it must be >= 1"),
+        ("train.global_batch_size=-4", "train.global_batch_size is -4; it must be >= 1"),
+        ("lora.r=0", "lora.r is 0; it must be >= 1"),
+        ("lora.dropout=1", "lora.dropout is 1.0; it must be in [0, 1)"),
+        ("train.kl_token_clip=0", "train.kl_token_clip is 0.0; it must be > 0"),
+        ("train.description_last_token_clip=-1", "train.description_last_token_clip is -1.0; it must be > 0"),
+        ("train.max_steps=-2", "train.max_steps is -2; it must be >= -1 (-1: run the epochs)"),
+        ("train.zero_stage=4", "train.zero_stage is 4; it must be in [0, 3]"),
+        ("data.num_proc=0", "data.num_proc is 0; it must be >= 1"),
+        ("model.min_pixels=4000", "model.min_pixels (4000) is larger than model.max_pixels (3136)"),
+    ],
+)
+def test_out_of_range_values_name_the_key_value_and_range(item, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", overrides=[item])
+    assert f"override {item!r}: " in str(e.value) and message in str(e.value), str(e.value)
+
+
+def test_ranges_are_checked_once_on_the_final_config(tmp_path):
+    from vigos.config import RANGES, VigosConfig
+
+    flat = VigosConfig().flat()
+    assert set(RANGES) <= set(flat)  # every rule names a real key
+    for name in PRESETS:
+        load_config(name)  # the defaults and presets are in range
+    # a later layer may fix an earlier one's value: only the final value counts
+    y = tmp_path / "c.yaml"
+    y.write_text("eval:\n  top_p: 5\n")
+    assert load_config("tiny", y, ["eval.top_p=0.5"]).eval.top_p == 0.5
+    with pytest.raises(ConfigError, match=f"{y}: eval.top_p is 5.0"):
+        load_config("tiny", y)
+    with pytest.raises(ConfigError, match="parameter eval.n_samples: eval.n_samples is 0"):
+        load_config("tiny", values={"eval.n_samples": 0})
+    # None is "derive"/"all", never out of range; the special values in range are accepted
+    cfg = load_config("tiny", overrides=["train.gradient_accumulation_steps=null", "eval.max_examples=null",
+                                         "train.sample_log_steps=0", "eval.temperature=0", "eval.top_k=0"])
+    assert cfg.train.gradient_accumulation_steps is None and cfg.eval.temperature == 0.0
+    bad = load_config("tiny").to_dict()
+    bad["eval"]["top_p"] = 0
+    with pytest.raises(ConfigError, match="json: eval.top_p is 0"):
+        config_from_json(json.dumps(bad))
+
+
+def test_unknown_preset_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown preset 'tiyn' \(did you mean 'tiny'\?\)"):
+        load_config("tiyn")
+
+
+def test_vigos_home_moves_the_tiny_presets_model(tmp_path, monkeypatch):
+    from vigos.config import home_path
+
+    monkeypatch.delenv("VIGOS_HOME", raising=False)
+    assert load_config("tiny").model.name_or_path == ".vigos/tiny-model"
+    monkeypatch.setenv("VIGOS_HOME", str(tmp_path))
+    assert load_config("tiny").model.name_or_path == str(tmp_path / "tiny-model")
+    assert load_config("paper-7b").model.name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert home_path(".vigos/x/y") == str(tmp_path / "x" / "y") and home_path("other/.vigos/x") == "other/.vigos/x"

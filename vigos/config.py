@@ -11,7 +11,10 @@ This module imports nothing heavy (no torch): the KFP components and the pipelin
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -151,7 +154,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Pass@k evaluation (see shared/design/EVALUATION.md)."""
+    """Pass@k evaluation (docs/evaluation.md)."""
 
     benchmarks: list[str] = field(
         default_factory=lambda: [
@@ -170,7 +173,7 @@ class EvalConfig:
     max_examples: int | None = None
     """Evaluate at most this many examples per benchmark (None: all)."""
     max_images: int = 16
-    """Images per question passed to the model, in order (EVALUATION.md: up to 16)."""
+    """Images per question passed to the model, in order (docs/evaluation.md: up to 16)."""
     sources: list[str] = field(default_factory=list)
     """`benchmark=path` entries pointing a benchmark at a local copy in its Hub schema (default: the Hub)."""
     grader: Literal["auto", "rules", "judge", "rules+judge"] = "auto"
@@ -235,7 +238,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         # A randomly initialised Qwen2.5-VL (hidden 64, ~20 M parameters, nearly all in the real vocabulary's
         # embedding and lm_head) and a small synthetic dataset: the CPU demo and the end-to-end tests.
-        # `model.name_or_path` is filled in by whoever builds the model; the demo warms it up first
+        # `model.name_or_path` is filled in by whoever builds the model (`.vigos/` is $VIGOS_HOME when that is set,
+        # see `home_path`: where `vigos model tiny` writes by default); the demo warms it up first
         # (vigos/modeling/warmup.py) so that about half of its rollouts are well formed.
         "data": {"max_samples": 64, "num_proc": 1},
         "model": {"name_or_path": ".vigos/tiny-model", "dtype": "float32", "min_pixels": 784, "max_pixels": 3136},
@@ -262,6 +266,109 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Allowed ranges, checked once on the final config (after every layer), so a value that is wrong on its own terms
+# stops the run before anything starts. `>= 1` style bounds, or an interval: `(0, 1]`. None always passes (the
+# fields that accept it mean "derive" or "all"). train.save_total_limit is checked by the trainer itself.
+RANGES: dict[str, str] = {
+    "data.max_samples": ">= 1",
+    "data.min_image_size": ">= 0",
+    "data.num_proc": ">= 1",
+    "model.min_pixels": ">= 1",
+    "model.max_pixels": ">= 1",
+    "lora.r": ">= 1",
+    "lora.alpha": "> 0",
+    "lora.dropout": "[0, 1)",
+    "train.num_train_epochs": "> 0",
+    "train.max_steps": ">= -1",
+    "train.global_batch_size": ">= 1",
+    "train.per_device_train_batch_size": ">= 1",
+    "train.gradient_accumulation_steps": ">= 1",
+    "train.learning_rate": "> 0",
+    "train.warmup_steps": ">= 0",
+    "train.weight_decay": ">= 0",
+    "train.max_grad_norm": ">= 0",
+    "train.zero_stage": "[0, 3]",
+    "train.max_prompt_length": ">= 1",
+    "train.max_completion_length": ">= 1",
+    "train.rollout_temperature": ">= 0",
+    "train.rollout_top_p": "(0, 1]",
+    "train.rollout_top_k": ">= 0",
+    "train.lambda_perception": ">= 0",
+    "train.lambda_reasoning": ">= 0",
+    "train.lambda_reference": ">= 0",
+    "train.distill_temperature": "> 0",
+    "train.kl_token_clip": "> 0",
+    "train.description_last_token_clip": "> 0",
+    "train.reasoning_first_token_clip": "> 0",
+    "train.kl_chunk_size": ">= 1",
+    "train.logging_steps": ">= 1",
+    "train.save_steps": ">= 1",
+    "train.sample_log_steps": ">= 0",
+    "eval.n_samples": ">= 1",
+    "eval.temperature": ">= 0",
+    "eval.top_p": "(0, 1]",
+    "eval.top_k": ">= 0",
+    "eval.max_new_tokens": ">= 1",
+    "eval.batch_size": ">= 1",
+    "eval.max_examples": ">= 0",
+    "eval.max_images": ">= 1",
+    "eval.grade_processes": ">= 1",
+    "eval.judge_max_retries": ">= 0",
+}
+_NOTES = {  # what the boundary means, where it is not obvious
+    "train.max_steps": " (-1: run the epochs)",
+    "train.rollout_temperature": " (0: greedy)",
+    "eval.temperature": " (0: greedy)",
+    "train.rollout_top_k": " (0: off)",
+    "eval.top_k": " (0: off)",
+    "train.sample_log_steps": " (0: off)",
+    "train.max_grad_norm": " (0: no clipping)",
+}
+_BOUND = re.compile(r"^(>=|>|<=|<)\s*(-?[\d.e+-]+)$")
+_INTERVAL = re.compile(r"^([\[(])\s*(-?[\d.e+-]+)\s*,\s*(-?[\d.e+-]+)\s*([\])])$")
+
+
+def _in_range(value: float, rule: str) -> bool:
+    if m := _BOUND.match(rule):
+        op, bound = m.group(1), float(m.group(2))
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[op]
+    m = _INTERVAL.match(rule)
+    if not m:
+        raise ValueError(f"bad range rule {rule!r}")
+    lo, hi = float(m.group(2)), float(m.group(3))
+    above = value >= lo if m.group(1) == "[" else value > lo
+    below = value <= hi if m.group(4) == "]" else value < hi
+    return above and below
+
+
+def validate(cfg: VigosConfig, origins: typing.Mapping[str, str] | None = None) -> None:
+    """Check every value against RANGES (and the few rules that tie two fields); ConfigError naming the key, the
+    value, the allowed range and where the value came from."""
+    flat = cfg.flat()
+    origins = origins or {}
+    for key, rule in RANGES.items():
+        value = flat[key]
+        if value is None or _in_range(value, rule):
+            continue
+        where = origins.get(key, f"preset {cfg.preset}")
+        allowed = f"in {rule}" if rule[0] in "[(" else rule
+        raise ConfigError(f"{where}: {key} is {value!r}; it must be {allowed}{_NOTES.get(key, '')}")
+    if cfg.model.min_pixels > cfg.model.max_pixels:
+        where = origins.get("model.min_pixels") or origins.get("model.max_pixels") or f"preset {cfg.preset}"
+        raise ConfigError(f"{where}: model.min_pixels ({cfg.model.min_pixels}) is larger than model.max_pixels "
+                          f"({cfg.model.max_pixels}); lower min_pixels or raise max_pixels")
+
+
+def home_path(path: str) -> str:
+    """A `.vigos/...` path (the local state folder, as the tiny preset names its model) under `$VIGOS_HOME` when that
+    is set; any other path unchanged."""
+    home = os.environ.get("VIGOS_HOME")
+    if not home or not (path == ".vigos" or path.startswith(".vigos/")):
+        return path
+    root = Path(home).expanduser().resolve()
+    return str(root if path == ".vigos" else root / path[len(".vigos/"):])
+
+
 def load_config(
     preset: str = "paper-7b",
     yaml_path: str | Path | None = None,
@@ -273,23 +380,49 @@ def load_config(
     `values` is how pipeline parameters reach the config: already typed, so no YAML re-parsing of strings.
     """
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}{_did_you_mean(preset, PRESETS)}; choose one of {sorted(PRESETS)}")
     cfg = VigosConfig(preset=preset)
-    _apply(cfg, PRESETS[preset], origin=f"preset {preset}")
+    origins: dict[str, str] = {}  # dotted key -> the layer that set it last (named in range errors)
+    _apply(cfg, PRESETS[preset], origin=f"preset {preset}", origins=origins)
+    # `.vigos/...` in a preset is the local state folder: $VIGOS_HOME when set
+    cfg.model.name_or_path = home_path(cfg.model.name_or_path)
     if yaml_path:
-        text = Path(yaml_path).read_text()
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{yaml_path}: expected a mapping of sections, got {type(data).__name__}")
+        data = read_yaml_config(yaml_path)
         data.pop("preset", None)
-        _apply(cfg, data, origin=str(yaml_path))
+        _apply(cfg, data, origin=str(yaml_path), origins=origins)
     for item in overrides:
         key, value = parse_override(item)
-        _apply(cfg, _nest(key, value), origin=f"override {item!r}")
+        _apply(cfg, _nest(key, value), origin=f"override {item!r}", origins=origins)
     for key, value in (values or {}).items():
-        _apply(cfg, _nest(key, value), origin=f"parameter {key}")
+        _apply(cfg, _nest(key, value), origin=f"parameter {key}", origins=origins)
+    validate(cfg, origins)
     return cfg
 
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping of sections; ConfigError (one line: the file and what is wrong) otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; check the --config path")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; point --config at a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (UTF-8); point --config at a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); check its permissions") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{at}: {problem}; fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections (e.g. `train: {{max_steps: 10}}`), "
+                          f"got a {type(data).__name__}")
+    return data
 
 def parse_override(item: str) -> tuple[str, Any]:
     """`train.learning_rate=1e-4` -> ("train.learning_rate", 1e-4); the value is parsed as YAML."""
@@ -312,7 +445,9 @@ def config_from_json(text: str) -> VigosConfig:
     """Rebuild a config serialised with `json.dumps(cfg.to_dict())` (how pipeline steps pass it on)."""
     data = json.loads(text)
     cfg = VigosConfig(preset=data.pop("preset", "paper-7b"))
-    _apply(cfg, data, origin="json")
+    origins: dict[str, str] = {}
+    _apply(cfg, data, origin="json", origins=origins)
+    validate(cfg, origins)
     return cfg
 
 
@@ -332,23 +467,33 @@ def flatten_dict(d: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[s
             yield f"{prefix}{k}", v
 
 
-def _apply(obj: Any, data: dict[str, Any], origin: str, path: str = "") -> None:
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _apply(obj: Any, data: dict[str, Any], origin: str, path: str = "",
+           origins: dict[str, str] | None = None) -> None:
     hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
+    names = [f.name for f in dataclasses.fields(obj) if not (path == "" and f.name == "preset")]
     for key, value in data.items():
         where = f"{path}{key}"
         if where == "preset":
             raise ConfigError(f"{origin}: the preset is chosen on its own (--preset / the `preset` parameter)")
         if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            if close:
+                raise ConfigError(f"{origin}: unknown key {where!r}; did you mean {path + close[0]!r}?")
             raise ConfigError(f"{origin}: unknown key {where!r}; valid keys here: {', '.join(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: {where!r} is a section; give a mapping or use {where}.KEY=VALUE")
-            _apply(current, value, origin, f"{where}.")
+            _apply(current, value, origin, f"{where}.", origins)
         else:
             setattr(obj, key, _coerce(value, hints[key], where, origin))
-
+            if origins is not None:
+                origins[where] = origin
 
 def _coerce(value: Any, tp: Any, where: str, origin: str) -> Any:
     """Check (and gently convert) a value against a field's type annotation."""

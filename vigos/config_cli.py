@@ -13,9 +13,11 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("show")
 def show(
-    preset: str = typer.Option("paper-7b", help=f"One of: {', '.join(PRESETS)}."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of overrides (nested sections)."),
-    override: list[str] = typer.Option([], "--set", help="Override `section.key=value` (repeatable)."),
+    preset: str = typer.Option("paper-7b", "--preset", metavar="NAME", help=f"One of: {', '.join(PRESETS)}."),
+    config: Path | None = typer.Option(None, "--config", "-c", metavar="FILE",
+                                       help="YAML file of overrides (nested sections)."),
+    override: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                       help="Override `section.key=value` (repeatable)."),
 ) -> None:
     """Print the resolved config."""
     typer.echo(dump_config(load_config(preset, config, override)), nl=False)

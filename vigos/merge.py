@@ -144,17 +144,24 @@ def merge(
 
 
 def cli(
-    adapter: Path = typer.Option(..., "--adapter", help="LoRA adapter folder (the train step's output)."),
-    output: Path = typer.Option(..., "--output", help="Where the merged model goes (must be empty)."),
-    base: str | None = typer.Option(None, help="Base model (default: the adapter's base_model_name_or_path)."),
-    preset: str = typer.Option("paper-7b", help="Config preset whose model.dtype is the merge dtype."),
-    override: list[str] = typer.Option([], "--set", help="Config override `section.key=value` (repeatable)."),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty --output."),
+    adapter: Path = typer.Option(..., "--adapter", "-a", metavar="DIR",
+                                 help="LoRA adapter folder (the train step's output)."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR",
+                                help="Where the merged model goes (must be empty)."),
+    base: str | None = typer.Option(None, "--base", metavar="MODEL",
+                                    help="Base model (default: the adapter's base_model_name_or_path)."),
+    preset: str = typer.Option("paper-7b", "--preset", metavar="NAME",
+                               help="Config preset whose model.dtype is the merge dtype."),
+    config: Path | None = typer.Option(None, "--config", "-c", metavar="FILE", help="YAML file of config overrides."),
+    override: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                       help="Config override `section.key=value`, e.g. model.dtype=float32."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="",
+                                   help="Replace a non-empty --output."),
 ) -> None:
     """Merge a LoRA adapter into its base model (full safetensors), verified against the adapter's logits."""
     from vigos.config import load_config
 
-    cfg = load_config(preset, overrides=override)
+    cfg = load_config(preset, config, override)
     r = merge(adapter, output, dtype=cfg.model.dtype, base_model=base, overwrite=overwrite)
     typer.echo(f"merged {r.base_model} + {adapter} -> {r.output_dir} ({r.shards} shard(s), {cfg.model.dtype}, "
                f"probe max |diff| {r.max_abs_diff:.3g} <= {r.allowed_diff:.3g}, {r.seconds:.1f}s)")

@@ -66,6 +66,16 @@ def _experiment_id(client, name: str) -> str:
         return exp.experiment_id
 
 
+def use_experiment(name: str) -> str:
+    """Make `name` the active MLflow experiment, created like the pipeline's (a local SQLite store keeps its
+    artifacts under `vigos_home()`, never in ./mlruns of the working directory); returns its id."""
+    import mlflow
+
+    experiment_id = _experiment_id(_client(), name)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
 def _find_runs(client, experiment_id: str, tags: dict[str, str]) -> list:
     filt = " and ".join(f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items())
     return client.search_runs([experiment_id], filter_string=filt, order_by=["attributes.start_time ASC"])

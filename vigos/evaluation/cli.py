@@ -47,31 +47,40 @@ def _summary(scores: dict[str, Any]) -> list[str]:
 @app.command()
 def score(
     responses: Annotated[
-        Path, typer.Argument(help="A responses/ folder of <benchmark>.jsonl files, or one JSONL file.")
+        Path, typer.Argument(metavar="RESPONSES", help="A responses/ folder of <benchmark>.jsonl files, or one JSONL file.")
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="scores.json to write (default: scores.json beside RESPONSES)."),
+        typer.Option("--output", "-o", metavar="FILE",
+                     help="scores.json to write (default: scores.json beside RESPONSES)."),
     ] = None,
     grades_dir: Annotated[
         Path | None,
-        typer.Option("--grades-dir", help="Folder for grades/<benchmark>.jsonl (default: grades/ beside the output)."),
+        typer.Option("--grades-dir", metavar="DIR",
+                     help="Folder for grades/<benchmark>.jsonl (default: grades/ beside the output)."),
     ] = None,
     grader: Annotated[
         str | None,
         typer.Option(
             "--grader",
+            metavar="GRADER",
             help=f"auto | rules | judge | rules+judge (default: eval.grader of the config, {_DEFAULTS.grader!r}).",
         ),
     ] = None,
     judge_cache: Annotated[
         Path | None,
-        typer.Option("--judge-cache", help="Folder caching judge replies (default: judge-cache/ beside the output)."),
+        typer.Option("--judge-cache", metavar="DIR",
+                     help="Folder caching judge replies (default: judge-cache/ beside the output)."),
     ] = None,
-    preset: Annotated[str, typer.Option(help=f"Config preset: {', '.join(PRESETS)}.")] = "paper-7b",
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of config overrides.")] = None,
+    preset: Annotated[
+        str, typer.Option("--preset", metavar="NAME", help=f"Config preset: {', '.join(PRESETS)}.")
+    ] = "paper-7b",
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML file of config overrides.")
+    ] = None,
     override: Annotated[
-        list[str], typer.Option("--set", help="Config override `section.key=value`, e.g. eval.judge_model=NAME.")
+        list[str],
+        typer.Option("--set", metavar="KEY=VALUE", help="Config override `section.key=value`, e.g. eval.judge_model=NAME."),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Grade saved responses (no model needed) and write grades/ and scores.json; print one line per benchmark."""
@@ -92,21 +101,27 @@ def score(
 @app.command()
 def run(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Output folder: responses/<benchmark>.jsonl land here.")
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Output folder: responses/<benchmark>.jsonl land here.")
     ],
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Merged model folder, or the base model's Hub id / path "
+        typer.Option("--model", "-m", metavar="MODEL", help="Merged model folder, or the base model's Hub id / path "
                      "(default: model.name_or_path of the config)."),
     ] = None,
-    preset: Annotated[str, typer.Option(help=f"Config preset: {', '.join(PRESETS)}.")] = "paper-7b",
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of config overrides.")] = None,
+    preset: Annotated[
+        str, typer.Option("--preset", metavar="NAME", help=f"Config preset: {', '.join(PRESETS)}.")
+    ] = "paper-7b",
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML file of config overrides.")
+    ] = None,
     override: Annotated[
         list[str],
-        typer.Option("--set", help="Config override `section.key=value`, e.g. eval.benchmarks=[mmmu,cv-bench]."),
+        # `\[`: rich markup would take `[mmmu,cv-bench]` for a style tag and drop it from the help
+        typer.Option("--set", metavar="KEY=VALUE",
+                     help="Config override `section.key=value`, e.g. eval.benchmarks=\\[mmmu,cv-bench]."),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
     progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress bar per benchmark.")
+        bool, typer.Option("--progress/--no-progress", metavar="", help="Show a progress bar per benchmark.")
     ] = True,
 ) -> None:
     """Sample k responses per question of every benchmark into OUTPUT/responses/ (resumes; runs under torchrun)."""

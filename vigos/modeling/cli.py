@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from vigos.config import PRESETS
+from vigos.config import PRESETS, home_path
 from vigos.modeling.warmup import WarmupSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-_TINY_DEFAULT_DIR = PRESETS["tiny"]["model"]["name_or_path"]
+_TINY_DEFAULT_DIR = PRESETS["tiny"]["model"]["name_or_path"]  # `.vigos/tiny-model`: under $VIGOS_HOME when set
+_WHERE = "$VIGOS_HOME/tiny-model if set, else .vigos/tiny-model"
 _WARMUP = WarmupSettings()
 
 
@@ -24,12 +25,13 @@ def _group() -> None:
 @app.command("tiny")
 def tiny(
     output: Annotated[
-        Path,
-        typer.Option("--output", "-o", help="Folder to write the tiny model to (default: the tiny preset's path)."),
-    ] = Path(_TINY_DEFAULT_DIR),
+        Path | None,
+        typer.Option("--output", "-o", metavar="DIR",
+                     help=f"Folder to write the tiny model to (default: the tiny preset's path, {_WHERE})."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
     force: Annotated[
-        bool, typer.Option("--force", help="Rebuild even if the folder already holds the same build.")
+        bool, typer.Option("--force", metavar="", help="Rebuild even if the folder already holds the same build.")
     ] = False,
 ) -> None:
     """Build a tiny random Qwen2.5-VL (+ offline tokenizer/processor) loadable like the real model."""
@@ -37,6 +39,7 @@ def tiny(
 
     from vigos.modeling.tiny import build_tiny_model, read_build_info
 
+    output = output if output is not None else Path(home_path(_TINY_DEFAULT_DIR))
     before = read_build_info(output).get("fingerprint")
     started = time.perf_counter()
     path = build_tiny_model(output, seed=seed, force=force)
@@ -50,11 +53,15 @@ def tiny(
 @app.command("warm-up")
 def warm_up(
     base: Annotated[
-        Path, typer.Option("--base", help="A tiny build (`vigos model tiny`) to start from.")
-    ] = Path(_TINY_DEFAULT_DIR),
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the warmed-up model to.")] = Path(
-        _TINY_DEFAULT_DIR + "-warm"
-    ),
+        Path | None,
+        typer.Option("--base", metavar="DIR", help=f"A tiny build (`vigos model tiny`) to start from (default: {_WHERE})."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="DIR",
+                     help="Folder to write the warmed-up model to (default: the same place + `-warm`: "
+                     "$VIGOS_HOME/tiny-model-warm if set, else .vigos/tiny-model-warm)."),
+    ] = None,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = _WARMUP.steps,
     learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (linear decay to 0).")] = (
         _WARMUP.learning_rate
@@ -63,7 +70,9 @@ def warm_up(
     check: Annotated[
         int, typer.Option("--check", help="Then sample this many rollouts as training does; print the valid share.")
     ] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Redo it even if the output already holds it.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", metavar="", help="Redo it even if the output already holds it.")
+    ] = False,
 ) -> None:
     """Warm a tiny build up on well-formed ViGOS answers, so some of its rollouts are well formed (the demo's base).
 
@@ -73,6 +82,8 @@ def warm_up(
 
     from vigos.modeling.warmup import WarmupSettings, read_warmup_info, valid_share, warm_up_model
 
+    base = base if base is not None else Path(home_path(_TINY_DEFAULT_DIR))
+    output = output if output is not None else Path(home_path(_TINY_DEFAULT_DIR + "-warm"))
     settings = dataclasses.replace(WarmupSettings(), steps=steps, learning_rate=learning_rate, seed=seed)
     before = read_warmup_info(output).get("fingerprint")
     started = time.perf_counter()

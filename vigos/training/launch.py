@@ -34,8 +34,52 @@ class MlflowLogger:
         mlflow.log_artifact(path, artifact_path)
 
 
+def check_inputs(cfg, dataset: Path, output: Path, world_size: int | None = None) -> None:
+    """Refuse, before anything starts (no process group, no MLflow run, no folder written), a dataset that is not
+    a prepared one, an output that is a file, a model that cannot be found or a batch that cannot be made.
+    VigosError naming the problem and the fix."""
+    import json
+
+    from vigos.errors import VigosError
+    from vigos.modeling.load import resolve_model_source
+
+    prepare_hint = "run `vigos data prepare --output DIR` and pass that DIR"
+    if not dataset.exists():
+        raise VigosError(f"--dataset {dataset} does not exist; {prepare_hint}")
+    if not dataset.is_dir():
+        raise VigosError(f"--dataset {dataset} is a file, not a prepared dataset folder; {prepare_hint}")
+    if (dataset / "dataset_dict.json").is_file():
+        raise VigosError(f"--dataset {dataset} holds several splits (a DatasetDict), not a prepared dataset; "
+                         f"{prepare_hint}")
+    missing = [f for f in ("state.json", "dataset_info.json") if not (dataset / f).is_file()]
+    if missing:
+        raise VigosError(f"--dataset {dataset} is not a prepared dataset (no {', '.join(missing)}); {prepare_hint}")
+    try:
+        features = json.loads((dataset / "dataset_info.json").read_text()).get("features") or {}
+    except (OSError, ValueError):
+        features = {}
+    if features:
+        columns = [c for c in ("problem", "images", "answer") if c not in features]
+        if columns:
+            raise VigosError(f"--dataset {dataset} is not a prepared dataset (no column {', '.join(columns)}); "
+                             f"{prepare_hint}")
+    if output.exists() and not output.is_dir():
+        raise VigosError(f"--output {output} is a file; choose a folder (it is created if missing)")
+    resolve_model_source(cfg.model.name_or_path)
+
+    from vigos.training.trainer import check_train_config
+
+    check_train_config(cfg, world_size or int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def run_training(cfg, dataset: Path, output: Path, *, interrupt_after_step: int | None = None) -> Path:
     """Train on this process's rank; rank 0 logs to MLflow. Returns the adapter folder."""
+    return _run_training(cfg, dataset, output, interrupt_after_step=interrupt_after_step)[0]
+
+
+def _run_training(cfg, dataset: Path, output: Path, *, interrupt_after_step: int | None = None
+                  ) -> tuple[Path, str | None]:
+    """`run_training`, also returning rank 0's MLflow run id (None on the other ranks)."""
     from vigos.training.distributed import init_distributed
     from vigos.training.trainer import ViGOSTrainer, check_train_config
 
@@ -43,38 +87,46 @@ def run_training(cfg, dataset: Path, output: Path, *, interrupt_after_step: int 
     check_train_config(cfg, info.world_size)  # a batch that cannot be made fails before an MLflow run is opened
     if not info.is_main:
         trainer = ViGOSTrainer(cfg, dataset, output, interrupt_after_step=interrupt_after_step)
-        return trainer.train().adapter_dir
+        return trainer.train().adapter_dir, None
 
     import mlflow
 
-    from vigos.tracking import tracking_uri
+    from vigos.tracking import tracking_uri, use_experiment
 
     mlflow.set_tracking_uri(tracking_uri())
     if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(cfg.tracking.experiment)
-    with mlflow.start_run(run_name="train"):  # resumes MLFLOW_RUN_ID when set
+        # not mlflow.set_experiment(name): on a local SQLite store that puts the artifacts in ./mlruns
+        use_experiment(cfg.tracking.experiment)
+    with mlflow.start_run(run_name="train") as run:  # resumes MLFLOW_RUN_ID when set
         trainer = ViGOSTrainer(cfg, dataset, output, logger=MlflowLogger(),
                                interrupt_after_step=interrupt_after_step)
         result = trainer.train()
         if result.resumed_from:
             mlflow.set_tag("vigos.resumed_from_step", str(result.resumed_from))
-    return result.adapter_dir
+    return result.adapter_dir, run.info.run_id
 
 
 @app.command()
 def train(
-    dataset: Path = typer.Option(..., "--dataset", help="Prepared dataset folder (`vigos data prepare` output)."),
-    output: Path = typer.Option(..., "--output", help="Output folder: checkpoints/, rollouts/, adapter/."),
-    preset: str = typer.Option("paper-7b", help=f"Config preset: {', '.join(PRESETS)}."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of config overrides."),
-    override: list[str] = typer.Option([], "--set", help="Config override `section.key=value` (repeatable)."),
+    dataset: Path = typer.Option(..., "--dataset", "-d", metavar="DIR",
+                                 help="Prepared dataset folder (`vigos data prepare` output)."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR",
+                                help="Output folder: checkpoints/, rollouts/, adapter/."),
+    preset: str = typer.Option("paper-7b", "--preset", metavar="NAME", help=f"Config preset: {', '.join(PRESETS)}."),
+    config: Path | None = typer.Option(None, "--config", "-c", metavar="FILE", help="YAML file of config overrides."),
+    override: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                       help="Config override `section.key=value` (repeatable)."),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True, help="Set by `deepspeed`."),
 ) -> None:
     """Train a ViGOS LoRA adapter (resumes from OUTPUT/checkpoints when present)."""
     cfg = load_config(preset, config, override)
-    adapter = run_training(cfg, dataset, output)
+    check_inputs(cfg, dataset, output)  # before the process group, the MLflow run or any folder
+    adapter, run_id = _run_training(cfg, dataset, output)
     if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(f"adapter: {adapter}")
+        from vigos.tracking import tracking_uri
+
+        typer.echo(f"adapter: {Path(adapter).resolve()} (MLflow run {run_id}, experiment {cfg.tracking.experiment!r}, "
+                   f"store {tracking_uri()})")
 
 
 def main() -> None:
