@@ -217,8 +217,10 @@ def _find_run(experiment: str, started_ms: int):
 
 # The one number per step that the summary shows; later steps add theirs.
 KEY_METRICS = {
+    # rows in = kept + dropped as bad + valid rows left out by data.max_samples (the tiny preset keeps 64)
     "prepare-data": lambda m: f"{m.get('rows_out', 0):.0f} rows kept ({m.get('rows_in', 0):.0f} in, "
-    f"{sum(v for k, v in m.items() if k.startswith('dropped_')):.0f} dropped)",
+    f"{sum(v for k, v in m.items() if k.startswith('dropped_')):.0f} dropped as bad, "
+    f"{m.get('rows_valid', 0) - m.get('rows_out', 0):.0f} over data.max_samples)",
     # means over the run's steps: the three teachers' losses (perception and reasoning score well-formed rollouts,
     # reference the malformed ones) and the share of well-formed rollouts
     "train": lambda m: f"mean loss perception {m.get('mean_loss_perception', 0):.3g} / reasoning "
@@ -246,8 +248,10 @@ def _summary(steps, parent, outputs: Path, ok: bool, durations: dict[str, float]
         # the step's wall time as the DAG saw it (process start, imports, work); else the MLflow run's
         secs = durations.get(name) or ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
         metric = KEY_METRICS.get(name, lambda m: "")(run.data.metrics) if run.info.status == "FINISHED" else ""
-        colour = "green" if run.info.status == "FINISHED" else "red"
-        table.add_row(name, f"[{colour}]{run.info.status}[/]", f"{secs:.1f}s", metric)
+        ok = run.info.status == "FINISHED"
+        # KFP's words, as the step lines above print them (MLflow says FINISHED for a successful run)
+        status = "SUCCESS" if ok else "FAILURE" if run.info.status == "FAILED" else run.info.status
+        table.add_row(name, f"[{'green' if ok else 'red'}]{status}[/]", f"{secs:.1f}s", metric)
     console.print(table)
     uri = tracking_uri()
     if parent is not None:

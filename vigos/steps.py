@@ -256,11 +256,19 @@ def train(
     import mlflow
 
     from vigos.config import dump_config
+    from vigos.data.prepare import STATS_FILE
     from vigos.tracking import log_metrics, step_run, tracking_uri, vigos_home
 
     values: dict[str, Any] = {"model.name_or_path": base_model} if base_model else {}
-    cfg = ctx.config(values)
     dataset = volume.resolve(dataset_dir)
+    # the data section the run records (adapter's vigos_train_config.json -> card, registry) is the one data prep
+    # used, which pipeline parameters may have changed: not the preset's default source
+    stats_path = dataset / STATS_FILE
+    if stats_path.is_file():
+        stats = json.loads(stats_path.read_text())
+        values |= {"data.source": stats["source"], "data.split": stats["split"]}
+        values |= {f"data.{k}": v for k, v in (stats.get("config") or {}).items()}
+    cfg = ctx.config(values)
     work = volume.run_folder(volume_root or vigos_home() / "runs", ctx.kfp_run_id, "train")
     config_path = work / "config.yaml"
     config_path.write_text(dump_config(cfg))
@@ -418,7 +426,7 @@ def evaluate(
 
     from vigos.config import dump_config
     from vigos.evaluation.metrics import flatten_scores
-    from vigos.evaluation.report import write_report
+    from vigos.evaluation.report import REPORT_SETTINGS, write_report
     from vigos.evaluation.run import run_eval
     from vigos.evaluation.score import score_responses
     from vigos.tracking import log_metrics, step_run, tracking_uri
@@ -432,7 +440,7 @@ def evaluate(
     params = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"eval.model": model_path,
                                                                            "prompt.student": cfg.prompt.student}
     with step_run(f"evaluate-{label}", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment,
-                  params=params):
+                  params=params) as run:
         if gpus > 0:
             config_path = out / "config.yaml"
             config_path.write_text(dump_config(cfg))
@@ -444,7 +452,10 @@ def evaluate(
         else:
             run_eval(model_path, cfg, out)
         scores = score_responses(out / "responses", cfg.eval, grades_dir=out / "grades", output=out / "scores.json")
-        report = write_report(scores, out / "report", title=f"ViGOS evaluation ({label})", model=model_path)
+        report = write_report(scores, out / "report", title=f"ViGOS evaluation ({label})", model=model_path,
+                              base_model=cfg.model.name_or_path,
+                              run_ids={"KFP run": ctx.kfp_run_id, "MLflow run": run.info.run_id},
+                              settings={key: getattr(cfg.eval, key) for key in REPORT_SETTINGS})
         metrics = {k: float(v) for k, v in flatten_scores(scores).items()}  # every score, breakdowns too
         log_metrics(metrics)
         for folder in ("responses", "grades", "report"):
@@ -461,7 +472,7 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
     import mlflow
 
     from vigos.evaluation.metrics import flatten_scores
-    from vigos.evaluation.report import write_report
+    from vigos.evaluation.report import REPORT_SETTINGS, write_report
     from vigos.tracking import log_metrics, step_run
 
     cfg = ctx.config()
@@ -469,7 +480,14 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
     base = json.loads((volume.resolve(base_eval_dir) / "scores.json").read_text())
     with step_run("eval-report", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment) as run:
         folder = Path(tempfile.mkdtemp(prefix="vigos-eval-report-"))
-        report = write_report(scores, folder, baseline=base, title="ViGOS vs base model vs ViGOS-7B card")
+        # what each evaluation evaluated: its manifest says (evaluations on the shared volume)
+        models = [volume.read_manifest(d).get("model", "") if Path(d, volume.MANIFEST).is_file() else ""
+                  for d in (model_eval_dir, base_eval_dir)]
+        report = write_report(scores, folder, baseline=base, title="ViGOS vs base model vs ViGOS-7B card",
+                              model=models[0], base_model=models[1] or cfg.model.name_or_path,
+                              run_ids={"KFP run": ctx.kfp_run_id, "MLflow run": run.info.run_id,
+                                       "MLflow pipeline run": run.data.tags.get("mlflow.parentRunId", "")},
+                              settings={key: getattr(cfg.eval, key) for key in REPORT_SETTINGS})
         metrics = {f"model.{k}": float(v) for k, v in flatten_scores(scores).items()}
         metrics |= {f"base.{k}": float(v) for k, v in flatten_scores(base).items()}
         if scores.get("mean") and base.get("mean"):
@@ -493,33 +511,48 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
 
 @_one_line_errors
 def register(ctx: StepContext, merged_dir: str, eval_dir: str) -> StepResult:
-    """A registry version of the merged model with every score as a tag; `candidate` always, `champion` only
-    when the gate metric beats the current champion's. A re-run of the same KFP run reuses its version.
+    """A registry version of the merged model with every score and its evaluation settings as tags; `candidate`
+    always, `champion` only when the evaluation settings equal the champion's and the gate metric beats its value
+    (`vigos.publish.registry`). A re-run of the same KFP run reuses its version.
 
+    The dataset tag names what the model was trained on: the adapter's recorded training config (the merged model's
+    `vigos_merge.json` names the adapter), not this step's preset.
     The model is copied into the MLflow run's artifacts (the tracking server's own store) and registered from
     there (`runs:/`), so `models:/<name>@champion` resolves wherever the tracking server is reachable: a path on
     the pipeline's volume or a KFP object-store URI (`minio://`) would not load outside the pipeline.
     """
+    from vigos.publish.provenance import eval_settings, find_training, merge_record
     from vigos.publish.registry import log_model_dir, register_model_version
     from vigos.tracking import log_metrics, step_run
 
     cfg = ctx.config()
-    merged_dir = str(volume.resolve(merged_dir))
-    scores = json.loads((volume.resolve(eval_dir) / "scores.json").read_text())
-    merge_info = json.loads((Path(merged_dir) / "vigos_merge.json").read_text())
+    merged = volume.resolve(merged_dir)
+    evaluation = volume.resolve(eval_dir)
+    scores = json.loads((evaluation / "scores.json").read_text())
+    merge_info = merge_record(merged) or {}
+    if not merge_info.get("base_model"):
+        raise VigosError(f"{merged} has no vigos_merge.json naming its base model (run the merge step)")
+    training = find_training(merged)
     params = {"publish.registered_model": cfg.publish.registered_model, "publish.gate_metric": cfg.publish.gate_metric}
     with step_run("register", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params) as run:
-        source = log_model_dir(merged_dir, run_id=run.info.run_id)
+        source = log_model_dir(merged, run_id=run.info.run_id)
         r = register_model_version(
             cfg.publish.registered_model, source, run_id=run.info.run_id, kfp_run_id=ctx.kfp_run_id, scores=scores,
-            base_model=merge_info["base_model"], dataset=cfg.data.source, gate_metric=cfg.publish.gate_metric,
+            base_model=merge_info["base_model"], dataset=training.dataset, gate_metric=cfg.publish.gate_metric,
+            eval_settings=eval_settings(evaluation),
         )
         metrics = {"version": float(r.version), "champion_moved": float(r.champion_moved),
                    "gate_value": float(r.gate_value), "reused": float(r.reused)}
         log_metrics(metrics)
+    if r.champion_moved:
+        outcome = "new champion"
+    elif r.previous_champion == r.version:
+        outcome = "already champion"
+    else:
+        outcome = f"champion stays version {r.previous_champion}"
     md = (f"# MLflow registry\n\n`{r.uri}` ({', '.join(r.aliases)}); gate `{cfg.publish.gate_metric}` = "
-          f"{r.gate_value:.2f}" + (" - new champion" if r.champion_moved else
-                                    f" - champion stays version {r.previous_champion}") + ".\n")
+          f"{r.gate_value:.2f} - {outcome}.\n\nWhy: {r.decision}.\n\nTrained on `{training.dataset}`; "
+          "the evaluation settings the gate compares are the version's `eval.*` tags.\n")
     return StepResult(metrics=metrics, markdown=md)
 
 
@@ -534,6 +567,7 @@ def publish_hub(
     the same volume, not a copy) and `staging_dir` gets its manifest and the upload manifest."""
     from vigos.publish.hub import publish_to_hub
     from vigos.publish.model_card import render_model_card
+    from vigos.publish.provenance import eval_settings, merge_record, read_training
     from vigos.tracking import log_metrics, step_run
 
     values: dict[str, Any] = {"publish.hub_repo_id": repo_id} if repo_id else {}
@@ -548,15 +582,22 @@ def publish_hub(
     artifact_dir = staging_dir
     if volume_root:
         staging_dir = str(volume.run_folder(volume_root, ctx.kfp_run_id, "hub"))
-    train_config = json.loads((Path(adapter_dir) / "vigos_train_config.json").read_text())
-    info_path = Path(adapter_dir) / "vigos_train_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {"world_size": 0, "device": "unknown"}
-    merge_info = json.loads((Path(merged_dir) / "vigos_merge.json").read_text())
+    # what the model was trained with and on: the adapter's records, not this step's preset
+    training = read_training(adapter_dir)
+    hardware = training.hardware()
+    if hardware is None:
+        raise VigosError(f"{adapter_dir} has no vigos_train_info.json (world size, device): the card cannot state "
+                         "the training hardware; re-run the train step")
+    merge_info = merge_record(merged_dir) or {}
+    # the evaluation's own record; this run's evaluate step ran with this config's max_examples when the record
+    # does not carry it
+    settings = {"max_examples": cfg.eval.max_examples, **eval_settings(eval_dir)}
     card = render_model_card(
-        repo_id=card_repo, base_model=merge_info["base_model"], dataset=train_config["data"]["source"],
-        train_config=train_config, scores=json.loads((Path(eval_dir) / "scores.json").read_text()),
+        repo_id=card_repo,
+        base_model=merge_info.get("base_model") or training.config["model"]["name_or_path"],
+        train_config=training.config, scores=json.loads((Path(eval_dir) / "scores.json").read_text()),
         baseline=json.loads((Path(base_eval_dir) / "scores.json").read_text()), license=p.license,
-        num_gpus=int(info["world_size"]) if info["device"] != "cpu" else 0, gpu_type=info["device"],
+        num_gpus=hardware[0], gpu_type=hardware[1], eval_settings=settings,
     )
     params = {"publish.hub_repo_id": p.hub_repo_id or "(dry run)", "publish.hub_private": p.hub_private}
     with step_run("publish-hub", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):

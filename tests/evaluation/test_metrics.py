@@ -134,3 +134,25 @@ def test_grader_is_recorded():
 def test_empty_mean():
     out = compute_scores([], "rules")
     assert out["benchmarks"] == {} and out["mean"]["pass_at_k"] is None and out["vilp"] == {}
+
+
+def test_avg_at_k_standard_error_treats_questions_as_clusters():
+    from vigos.evaluation.metrics import avg_at_k_se
+
+    # equal k: the standard error of the per-question accuracies (0.2, 0, 0.8): sd / sqrt(n)
+    grid = {"q1": [1, 0, 0, 0, 0], "q2": [0] * 5, "q3": [1, 1, 1, 1, 0]}
+    means = [0.2, 0.0, 0.8]
+    m = sum(means) / 3
+    sd = (sum((x - m) ** 2 for x in means) / 2) ** 0.5
+    assert avg_at_k_se(rows("mmmu", grid)) == pytest.approx(100 * sd / 3 ** 0.5)
+    # every question answered alike by all its samples: no spread, SE 0; one question: no SE
+    assert avg_at_k_se(rows("mmmu", {"q1": [1, 1], "q2": [1, 1]})) == 0.0
+    assert avg_at_k_se(rows("mmmu", {"q1": [1, 0]})) is None
+    # uneven k (a run in progress): the ratio estimator's cluster SE; (1, 1 of 2), (0 of 1): A = 1/3,
+    # residuals c - s*A = 1 - 2/3, 0 - 1/3 -> sqrt(2 * (1/9 + 1/9)) / 3
+    assert avg_at_k_se(rows("mmmu", {"q1": [1, 0], "q2": [0]})) == pytest.approx(100 * (4 / 9) ** 0.5 / 3)
+    # in the scores of every benchmark (not ViLP), and flattened for MLflow
+    s = compute_scores(cv_rows(), "rules")
+    assert s["benchmarks"]["cv-bench"]["avg_at_k_se"] == pytest.approx(17.004, abs=1e-3)
+    assert "avg_at_k_se" not in s["benchmarks"]["cv-bench"]["sources"]["COCO"]  # breakdowns keep their keys
+    assert flatten_scores(s)["cv-bench.avg_at_k_se"] == pytest.approx(17.004, abs=1e-3)

@@ -162,5 +162,10 @@ def _check_publish(client, by_name, run_dir):
     assert (hub_artifact / "upload_manifest.json").exists()  # what would be uploaded, listed
     staged = volume.resolve(hub_artifact) / "upload"
     card = (staged / "README.md").read_text()
-    assert card.startswith("---") and "base_model:" in card and "model-index:" in card
+    assert card.startswith("---") and "model-index:" in card
+    # the demo's base is a local folder with no Hub id: the card says so instead of leaking its path
+    front = card.split("---")[1]
+    assert "base_model:" not in front and "(local, no Hub id)" in card and str(Path.cwd()) not in card
+    # ... and names the data the model was trained on (the synthetic set data prep read), not the preset's default
+    assert "Vision-SR1-47K" not in card and "synthetic-48-0" in card
     assert (staged / "config.json").exists() and list(staged.glob("*.safetensors"))

@@ -231,12 +231,26 @@ def test_cli_hub_dry_run_then_upload(model_dir, tmp_path, fake_hub, monkeypatch)
     assert calls("create_repo")[0]["private"] is True and len(calls("upload_folder")) == 1
 
 
+def write_adapter(folder: Path, overrides: list[str], info: dict | None) -> Path:
+    """An adapter folder's training records, as the trainer writes them."""
+    from vigos.config import load_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vigos_train_config.json").write_text(json.dumps(load_config("tiny", overrides=overrides).to_dict()))
+    if info is not None:
+        (folder / "vigos_train_info.json").write_text(json.dumps(info))
+    return folder
+
+
 def test_cli_without_repo_id_is_a_dry_run_under_a_placeholder(model_dir, tmp_path, fake_hub, monkeypatch):
     from typer.testing import CliRunner
 
     from vigos.publish.cli import app
 
     monkeypatch.setenv("VIGOS_HOME", str(tmp_path / "home"))
+    adapter = write_adapter(tmp_path / "adapter", [], {"world_size": 1, "device": "cpu", "steps": 4})
+    (model_dir / "vigos_merge.json").write_text(json.dumps({"base_model": "Qwen/Qwen2.5-VL-7B-Instruct",
+                                                            "adapter": str(adapter)}))
     res = CliRunner().invoke(app, ["hub", "--model", str(model_dir), "--gpus", "0", "--preset", "tiny"])
     assert res.exit_code == 0, res.output
     assert "staged" in res.output and "your-org/vigos-tiny-demo" in res.output and FakeHfApi.calls == []
@@ -246,3 +260,76 @@ def test_cli_without_repo_id_is_a_dry_run_under_a_placeholder(model_dir, tmp_pat
     assert isinstance(res.exception, VigosError) and "--upload needs --repo-id" in str(res.exception)
     res = CliRunner().invoke(app, ["hub", "--model", str(model_dir), "--gpus", "8"])
     assert isinstance(res.exception, VigosError) and "--gpu-type" in str(res.exception)
+
+
+def test_cli_hub_card_follows_the_adapters_records(model_dir, tmp_path, fake_hub, monkeypatch):
+    """Without --train-config the card's hyper-parameters, data and hardware are the adapter's, not the preset's;
+    the subset note follows the evaluation folder's record."""
+    from huggingface_hub import ModelCard
+    from typer.testing import CliRunner
+
+    from vigos.publish.cli import app
+
+    from .test_model_card import card_scores, table
+
+    monkeypatch.setenv("VIGOS_HOME", str(tmp_path / "home"))
+    adapter = write_adapter(tmp_path / "run" / "adapter", ["train.learning_rate=3e-4", "data.source=org/my-data",
+                                                           "data.max_samples=64"],
+                            {"world_size": 2, "device": "NVIDIA H100 80GB HBM3", "steps": 4})
+    (model_dir / "vigos_merge.json").write_text(json.dumps({"base_model": "Qwen/Qwen2.5-VL-7B-Instruct",
+                                                            "adapter": str(adapter)}))
+    evaluation = tmp_path / "eval"
+    (evaluation / "responses").mkdir(parents=True)
+    (evaluation / "scores.json").write_text(json.dumps(card_scores()))
+    (evaluation / "responses" / "eval_run.json").write_text(json.dumps(
+        {"settings": {"sampling": {"temperature": 1.0, "top_p": 0.9, "top_k": 20, "max_new_tokens": 48},
+                      "seed": 42, "max_examples": 100}}))
+    staging = tmp_path / "staging"
+    args = ["hub", "--model", str(model_dir), "--scores", str(evaluation / "scores.json"), "--staging", str(staging)]
+    res = CliRunner().invoke(app, args)  # the preset is paper-7b, the model was trained otherwise
+    assert res.exit_code == 0, res.output
+    card = (staging / "upload" / "README.md").read_text()
+    rows = table(card, "Training Details")
+    assert (rows["Learning rate"], rows["LoRA rank"], rows["Training steps"]) == ("0.0003", "8", "4")
+    assert rows["GPUs"] == "2 × NVIDIA H100 80GB HBM3"
+    assert ModelCard(card).data.datasets == ["org/my-data"]
+    assert table(card, "Model Details")["Training data"] == "org/my-data (max_samples 64)"
+    assert "at most 100 examples per benchmark" in card
+    assert table(card, "Evaluation Protocol")["Maximum generated tokens"] == "48"
+
+    # an explicit --train-config still wins (the hardware is still the adapter's record)
+    (tmp_path / "train.yaml").write_text("train:\n  learning_rate: 2.0e-6\n")
+    res = CliRunner().invoke(app, [*args, "--train-config", str(tmp_path / "train.yaml")])
+    assert res.exit_code == 0, res.output
+    card = (staging / "upload" / "README.md").read_text()
+    assert table(card, "Training Details")["Learning rate"] == "2e-6"
+    assert table(card, "Training Details")["GPUs"] == "2 × NVIDIA H100 80GB HBM3"
+
+    # --adapter points at the records when the merge record names none (or names one not on this machine)
+    (model_dir / "vigos_merge.json").write_text(json.dumps({"base_model": "Qwen/Qwen2.5-VL-7B-Instruct",
+                                                            "adapter": "/pvc/elsewhere/adapter"}))
+    res = CliRunner().invoke(app, [*args, "--adapter", str(adapter)])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_hub_without_training_records_says_what_to_pass(model_dir, tmp_path, fake_hub, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vigos.publish.cli import app
+
+    monkeypatch.setenv("VIGOS_HOME", str(tmp_path / "home"))
+    # model_dir's vigos_merge.json names an adapter that is not on this machine
+    res = CliRunner().invoke(app, ["hub", "--model", str(model_dir), "--gpus", "0"])
+    error = res.exception
+    assert isinstance(error, VigosError) and "\n" not in str(error)
+    assert "cannot tell how the model was trained" in str(error) and "/pvc/run-1/adapter" in str(error)
+    assert "pass --train-config FILE (the train step's config.yaml) or --adapter DIR" in str(error)
+    (model_dir / "vigos_merge.json").unlink()
+    res = CliRunner().invoke(app, ["hub", "--model", str(model_dir), "--gpus", "0"])
+    assert isinstance(res.exception, VigosError) and "has no vigos_merge.json naming its adapter" in str(res.exception)
+    # an adapter without vigos_train_info.json: the hardware must be given
+    adapter = write_adapter(tmp_path / "adapter", [], None)
+    res = CliRunner().invoke(app, ["hub", "--model", str(model_dir), "--adapter", str(adapter)])
+    assert isinstance(res.exception, VigosError) and "pass --gpus N (0: CPU) and --gpu-type" in str(res.exception)
+    res = CliRunner().invoke(app, ["hub", "--model", str(model_dir), "--adapter", str(adapter), "--gpus", "0"])
+    assert res.exit_code == 0, res.output

@@ -4,6 +4,7 @@ the hyper-parameters are the ones passed in."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 
 import pytest
@@ -15,7 +16,7 @@ from vigos.data.prompts import format_student_prompt
 from vigos.evaluation.report import MODEL_CARD
 from vigos.publish.model_card import render_model_card
 
-# The ViGOS-7B model card's training table (shared/seed/ViGOS-7B-model-card.txt), row by row.
+# The ViGOS-7B model card's training table (the ViGOS-7B model card the project started from), row by row.
 SEED_HYPERPARAMETERS = [
     ("Training epochs", "1"), ("GPUs", "8 × A100"), ("Effective batch size", "32"), ("Optimizer", "Fused AdamW"),
     ("Learning rate", "5e-6"), ("LR scheduler", "Linear"), ("Maximum gradient norm", "0.1"), ("Precision", "bf16"),
@@ -47,7 +48,7 @@ def card_scores(shift: float = 0.0) -> dict:
 
 def render(cfg=None, **kw) -> str:
     args = dict(repo_id="OedoSoldier/ViGOS-7B", base_model="Qwen/Qwen2.5-VL-7B-Instruct",
-                dataset="LMMs-Lab-Turtle/Vision-SR1-47K", train_config=(cfg or load_config()).to_dict(),
+                train_config=(cfg or load_config()).to_dict(),
                 scores=card_scores(), baseline=None, license="apache-2.0", num_gpus=8, gpu_type="A100")
     args.update(kw)
     return render_model_card(**args)
@@ -168,7 +169,7 @@ def test_effective_batch_of_an_explicit_accumulation_config():
 def test_baseline_column_missing_values_and_subset_note():
     scores = card_scores()
     scores["benchmarks"]["mmsi"]["pass_at_k"] = None  # nothing evaluated there
-    text = render(load_config(overrides=["eval.max_examples=8"]), scores=scores, baseline=card_scores(shift=10))
+    text = render(scores=scores, baseline=card_scores(shift=10), eval_settings={"max_examples": 8})
     assert "| Benchmark | ViGOS-7B | Qwen2.5-VL-7B-Instruct (base) |" in text
     assert "| MM-Vet | 72.02 / 54.40 | 62.02 / 44.40 |" in text
     assert "| MMSI | - | 51.10 / 15.58 |" in text
@@ -194,3 +195,84 @@ def test_the_card_says_which_grader_decided_each_benchmark():
     assert "Answers were graded by rules (approximate) (mm-vet); rules (mmmu, mmmu-pro," in text
     scores["benchmarks"]["mm-vet"]["grader"] = "rules"
     assert "Answers were graded by rules." in render(scores=scores)
+
+
+def test_subset_note_follows_the_evaluation_not_the_config():
+    # the training config's eval section says 8, but the evaluation recorded no cap: no note
+    assert "examples per benchmark were evaluated" not in render(load_config(overrides=["eval.max_examples=8"]))
+    assert "examples per benchmark were evaluated" not in render(eval_settings={"max_examples": None})
+    # a cap above every benchmark's size cut nothing (card_scores: 100 per main benchmark, 900 per ViLP setting)
+    assert "examples per benchmark were evaluated" not in render(eval_settings={"max_examples": 1000})
+    assert "at most 100 examples per benchmark" in render(eval_settings={"max_examples": 100})
+    # the questions behind each number are stated either way
+    assert "Questions scored per benchmark: MM-Vet 100, MMMU 100," in render()
+    assert "ViLP-F 900, ViLP-P 900." in render()
+
+
+def test_decoding_table_and_snippet_follow_the_recorded_evaluation():
+    settings = {"sampling": {"temperature": 0.7, "top_p": 0.8, "top_k": 50, "max_new_tokens": 1024}, "seed": 7}
+    text = render(eval_settings=settings)
+    rows = table(text, "Evaluation Protocol")
+    assert (rows["Temperature"], rows["Top-p"], rows["Top-k"]) == ("0.7", "0.80", "50")
+    assert (rows["Maximum generated tokens"], rows["Random seed"]) == ("1,024", "7")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    assert "max_new_tokens=1024," in code and "temperature=0.7," in code and "top_k=50," in code
+    scores = card_scores()
+    for row in scores["benchmarks"].values():
+        row["k"] = 3
+    assert table(render(scores=scores), "Evaluation Protocol")["Number of samples per main benchmark question"] == "3"
+
+
+def test_explicit_dataset_name():
+    text = render(dataset="org/named-data")
+    assert ModelCard(text).data.datasets == ["org/named-data"]
+    assert table(text, "Model Details")["Training data"] == "org/named-data"
+
+
+def test_training_data_is_the_training_configs():
+    cfg = load_config(overrides=["data.source=org/other-data", "data.max_samples=500", "data.split=validation"])
+    text = render(train_config=cfg.to_dict())
+    assert ModelCard(text).data.datasets == ["org/other-data"]
+    assert table(text, "Model Details")["Training data"] == "org/other-data (split validation, max_samples 500)"
+    assert "on org/other-data (split validation, max_samples 500) using 8 × A100" in text
+
+
+def test_local_base_model_and_data_never_leak_a_path(tmp_path):
+    base = tmp_path / "models" / "tiny-model"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text('{"model_type": "qwen2_5_vl"}')  # transformers 5 records no _name_or_path
+    cfg = load_config(overrides=[f"data.source={tmp_path / 'data' / 'synthetic-48-0'}"])
+    text = render(base_model=str(base), train_config=cfg.to_dict(), baseline=card_scores(shift=1))
+    assert str(tmp_path) not in text and "/models/" not in text
+    data = ModelCard(text).data
+    assert data.base_model is None and data.datasets is None and len(data.eval_results) == 20
+    assert "base_model" not in text.split("---\n", 2)[1] and "datasets" not in text.split("---\n", 2)[1]
+    details = table(text, "Model Details")
+    assert details["Base model"] == "tiny-model (local, no Hub id)"
+    assert details["Training data"] == "synthetic-48-0 (local, no Hub id)"
+    assert ("The base model `tiny-model` was read from a local path that records no Hugging Face Hub id, so the "
+            "metadata above names no `base_model`.") in text
+    assert "so the metadata above names no `datasets`." in text
+    assert "| Benchmark | ViGOS-7B | tiny-model (base) |" in text
+    # a path that is not on this machine is local too
+    assert ModelCard(render(base_model="/mnt/models/qwen")).data.base_model is None
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected"),
+    [("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"), ("/home/me/qwen", None), ("", None)],
+)
+def test_local_base_model_named_by_the_id_its_folder_records(tmp_path, recorded, expected):
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": recorded, "model_type": "qwen2_5_vl"}))
+    text = render(base_model=str(folder))
+    assert ModelCard(text).data.base_model == expected and str(tmp_path) not in text
+
+
+def test_hub_cache_snapshot_names_its_repo(tmp_path):
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-VL-7B-Instruct" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    text = render(base_model=str(snapshot))
+    assert ModelCard(text).data.base_model == "Qwen/Qwen2.5-VL-7B-Instruct" and str(tmp_path) not in text
+    assert table(text, "Model Details")["Base model"] == "Qwen/Qwen2.5-VL-7B-Instruct"

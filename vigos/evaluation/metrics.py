@@ -1,4 +1,4 @@
-"""Pass@k / Avg@k and the Scores JSON (EVALUATION.md "Metrics", ARCHITECTURE.md "Contracts"). Pure, no I/O.
+"""Pass@k / Avg@k and the Scores JSON (docs/evaluation.md "Metrics", docs/architecture.md "Contracts"). Pure, no I/O.
 
 Input: graded rows, each with `benchmark`, `example_id`, `correct` (bool, or a judged partial credit in [0, 1]) and
 optionally `meta`, `grader` (which grader decided this row) and `judge_failed`. Percentages are 0-100.
@@ -8,6 +8,9 @@ Row `meta` conventions (the benchmark loaders write them):
 - CV-Bench: `{"type": "2D" | "3D", "source": "ADE20K" | "COCO" | "Omni3D", ...}`; MMMU-Pro:
   `{"subset": "standard" | "vision"}`.
 `example_id` must be unique within a benchmark (MMMU-Pro's two subsets share one benchmark: prefix the ids).
+
+Each (non-ViLP) benchmark also carries `avg_at_k_se`: the standard error of its pooled Avg@k with questions as
+clusters (None under two questions); the report draws Avg@k's 95% interval from it (Pass@k's needs only n).
 
 Every benchmark's top-level `pass_at_k` / `avg_at_k` are POOLED over its questions: the ViGOS paper's numbers, the
 ones compared with the model card and averaged into the "mean" row. Breakdowns (`BREAKDOWNS`) add beside them:
@@ -19,7 +22,7 @@ ones compared with the model card and averaged into the "mean" row. Breakdowns (
   source count in the pooled numbers only.
 
     "cv-bench": {"n_examples": 7, "k": 2, "pass_at_k": 57.14, "avg_at_k": 42.86,          # pooled (the paper's)
-                 "grader": "rules", ...,
+                 "avg_at_k_se": 17.0, "grader": "rules", ...,
                  "sources": {"ADE20K": {"n_examples": 2, "k": 2, "pass_at_k": 50.0, "avg_at_k": 25.0},
                              "COCO": {...}, "Omni3D": {...}},
                  "2D": {"n_examples": 3, "pass_at_k": 75.0, "avg_at_k": 62.5, "sources": ["ADE20K", "COCO"]},
@@ -106,6 +109,26 @@ def pass_avg(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def avg_at_k_se(rows: Iterable[Mapping[str, Any]]) -> float | None:
+    """Standard error (percent) of Avg@k with questions as clusters: a question's k samples are correlated (an easy
+    question is answered right k times), so they are not n*k independent trials.
+
+    The ratio estimator's cluster-robust SE, sqrt(n / (n - 1) * sum_i (c_i - s_i * A)^2) / S, with c_i the credit
+    and s_i the samples of question i, S = sum_i s_i and A = Avg@k; with k samples for every question it is the
+    standard error of the per-question mean accuracies, sd / sqrt(n). None under two questions.
+    """
+    by_q: dict[Any, list[float]] = defaultdict(list)
+    for r in rows:
+        by_q[r["example_id"]].append(_value(r["correct"]))
+    n = len(by_q)
+    if n < 2:
+        return None
+    total = sum(len(v) for v in by_q.values())
+    avg = sum(sum(v) for v in by_q.values()) / total
+    ss = sum((sum(v) - len(v) * avg) ** 2 for v in by_q.values())
+    return 100.0 * math.sqrt(n / (n - 1) * ss) / total
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -135,6 +158,7 @@ def _grader_record(rows: Sequence[Mapping[str, Any]], grader: str) -> dict[str, 
 def benchmark_scores(name: str, rows: Sequence[Mapping[str, Any]], grader: str) -> dict[str, Any]:
     """Scores of one (non-ViLP) benchmark: pooled Pass@k / Avg@k plus its breakdown when it has one."""
     out = pass_avg(rows)
+    out["avg_at_k_se"] = avg_at_k_se(rows)
     out.update(_grader_record(rows, grader))
     spec = BREAKDOWNS.get(name)
     if spec:

@@ -1,10 +1,16 @@
 """`vigos publish hub|registry`.
 
-Option defaults come from the config (preset <- --config/--train-config <- --set): `model.name_or_path`,
-`data.source` and the `publish` section (`hub_repo_id`, `hub_private`, `hub_token_env`, `license`,
-`registered_model`, `gate_metric`). An empty `publish.hub_repo_id` means a dry run (PublishConfig): the exact folder
-is staged under a placeholder repo id and nothing is sent. The training hardware is not in the config, so the card's
-`--gpus` / `--gpu-type` are given on the command line.
+What the model IS comes from the records beside it (`vigos.publish.provenance`), never from the preset: the training
+config and hardware from the adapter's `vigos_train_config.json` / `vigos_train_info.json` (the adapter is `--adapter`,
+or the one the merged model's `vigos_merge.json` names), the base model from `vigos_merge.json`, the evaluation
+settings from the scores' eval folder (`responses/eval_run.json` beside scores.json). An explicit option
+(`--train-config`, `--base-model`, `--dataset`, `--gpus`) wins; with neither the option nor the record the command
+stops and says what to pass rather than guessing.
+
+The `publish` section's defaults (`hub_repo_id`, `hub_private`, `hub_token_env`, `license`, `registered_model`,
+`gate_metric`) come from the config (preset <- --config/--train-config or the adapter's config <- --set). An empty
+`publish.hub_repo_id` means a dry run (PublishConfig): the exact folder is staged under a placeholder repo id and
+nothing is sent.
 """
 
 from __future__ import annotations
@@ -45,18 +51,26 @@ def _read_json(path: Path | None, what: str) -> dict[str, Any] | None:
     return data
 
 
-def _merge_base(model: Path) -> str | None:
-    """The base model the merge step recorded (`vigos_merge.json`), the most faithful answer when present."""
-    record = model / "vigos_merge.json"
-    if record.is_file():
-        return json.loads(record.read_text()).get("base_model")
-    return None
+def _training(model: Path | None, adapter: Path | None, *, needed: bool, what_to_pass: str) -> Any:
+    """The adapter's training records (`--adapter`, else the one `model`'s vigos_merge.json names); None when they
+    cannot be found and not `needed` (an explicit option stands in for them)."""
+    from vigos.publish.provenance import find_training
+
+    if model is None and adapter is None:
+        if needed:
+            raise VigosError(f"no training records to read: pass {what_to_pass}")
+        return None
+    try:
+        return find_training(model, adapter)
+    except VigosError as e:
+        if needed:
+            raise VigosError(f"cannot tell how the model was trained: {e}; pass {what_to_pass}") from None
+        return None
 
 
 @app.command()
 def hub(
     model: Annotated[Path, typer.Option("--model", "-m", help="Merged model folder (the merge step's output).")],
-    gpus: Annotated[int, typer.Option(help="GPUs the model was trained on (0: CPU), for the card.")],
     repo_id: Annotated[
         str | None, typer.Option("--repo-id", help="OWNER/NAME (default: publish.hub_repo_id; empty: dry run).")
     ] = None,
@@ -67,16 +81,26 @@ def hub(
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="The base model's scores.json (a column beside ours).")
     ] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", help="The adapter folder the model was merged from, holding the training records "
+                     "(default: the adapter named in the model's vigos_merge.json)."),
+    ] = None,
     train_config: Annotated[
         Path | None,
         typer.Option("--train-config", "-c", help="Config the model was trained with (YAML/JSON, e.g. the train "
-                     "step's config.yaml); the card's hyper-parameters come from it (default: the preset)."),
+                     "step's config.yaml); wins over the adapter's vigos_train_config.json."),
     ] = None,
     base_model: Annotated[
-        str | None, typer.Option(help="Base model id (default: vigos_merge.json, else model.name_or_path).")
+        str | None, typer.Option(help="Base model (default: vigos_merge.json, else the training config's).")
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Training dataset id (default: data.source).")] = None,
-    gpu_type: Annotated[str | None, typer.Option(help="GPU model, e.g. A100 (needed when --gpus > 0).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Training data (default: the training config's data.source).")
+    ] = None,
+    gpus: Annotated[
+        int | None, typer.Option(help="GPUs the model was trained on, 0: CPU (default: vigos_train_info.json).")
+    ] = None,
+    gpu_type: Annotated[str | None, typer.Option(help="GPU model, e.g. A100 (default: vigos_train_info.json).")] = None,
     license_: Annotated[str | None, typer.Option("--license", help="Hub license id (default: publish.license).")] = None,
     token_env: Annotated[
         str | None, typer.Option(help="NAME of the env var holding the Hub token (default: publish.hub_token_env).")
@@ -95,9 +119,12 @@ def hub(
     from vigos.config import load_config
     from vigos.publish.hub import publish_to_hub
     from vigos.publish.model_card import render_model_card
+    from vigos.publish.provenance import eval_settings, merge_record
     from vigos.tracking import vigos_home
 
-    cfg = load_config(preset, train_config, override)
+    training = _training(model, adapter, needed=train_config is None,
+                         what_to_pass="--train-config FILE (the train step's config.yaml) or --adapter DIR")
+    cfg = load_config(preset, train_config or training.config_path, override)
     pub = cfg.publish
     repo = repo_id if repo_id is not None else pub.hub_repo_id
     is_dry = dry_run if dry_run is not None else not repo
@@ -105,18 +132,25 @@ def hub(
         if not is_dry:
             raise VigosError("--upload needs --repo-id OWNER/NAME (publish.hub_repo_id is empty)")
         repo = f"your-org/{pub.registered_model}"  # a placeholder id (as the DAG step uses): nothing is sent
-    if gpus > 0 and not gpu_type:
-        raise VigosError(f"--gpus {gpus} needs --gpu-type (e.g. A100): the card states the training hardware")
+    recorded = training.hardware() if training is not None else None
+    if gpus is None and recorded is None:
+        raise VigosError("the training hardware is not recorded (no vigos_train_info.json in the adapter): pass "
+                         "--gpus N (0: CPU) and --gpu-type, e.g. A100")
+    num_gpus, gpu = recorded if gpus is None else (gpus, "")
+    gpu = gpu_type or gpu
+    if num_gpus > 0 and not gpu:
+        raise VigosError(f"--gpus {num_gpus} needs --gpu-type (e.g. A100): the card states the training hardware")
     card = render_model_card(
         repo_id=repo,
-        base_model=base_model or _merge_base(model) or cfg.model.name_or_path,
-        dataset=dataset or cfg.data.source,
+        base_model=base_model or (merge_record(model) or {}).get("base_model") or cfg.model.name_or_path,
+        dataset=dataset,
         train_config=cfg.to_dict(),
         scores=_read_json(scores, "scores") or {},
         baseline=_read_json(baseline, "baseline scores"),
         license=license_ or pub.license,
-        num_gpus=gpus,
-        gpu_type=gpu_type or "",
+        num_gpus=num_gpus,
+        gpu_type=gpu,
+        eval_settings=eval_settings(scores.parent) if scores is not None else {},
     )
     result = publish_to_hub(
         model, repo_id=repo, private=pub.hub_private if private is None else private, card_text=card,
@@ -156,20 +190,37 @@ def registry(
                      "(default: a new id, printed)."),
     ] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="MLflow run that produced the model.")] = None,
-    base_model: Annotated[str | None, typer.Option(help="Base model id (default: model.name_or_path).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Training dataset id (default: data.source).")] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", help="The adapter folder holding the training records (default: the adapter "
+                     "named in --log-model's vigos_merge.json)."),
+    ] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="Base model (default: vigos_merge.json, else the training config's).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Training data (default: the training config's data.source).")
+    ] = None,
     tag: Annotated[list[str], typer.Option("--tag", help="Extra version tag KEY=VALUE (repeatable).")] = [],  # noqa: B006
     preset: Preset = "paper-7b",
     config: Annotated[Path | None, typer.Option("--config", help="YAML file of config overrides.")] = None,
     override: Overrides = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
-    """Register the model in MLflow (tags = scores), alias it `candidate`, and `champion` if it beats the champion."""
+    """Register the model in MLflow (tags = scores + evaluation settings), alias it `candidate`, and `champion` if
+    its evaluation settings equal the champion's and it beats the champion's gate metric.
+
+    The evaluation settings are read from the eval folder of --scores (`responses/eval_run.json` beside it)."""
     from vigos.config import load_config
+    from vigos.publish.provenance import eval_settings, merge_record
     from vigos.publish.registry import CHAMPION, log_model_dir, register_model_version
 
     cfg = load_config(preset, config, override)
     if (source is None) == (log_model is None):
         raise VigosError("give exactly one of --source URI and --log-model DIR")
+    recorded_base = (merge_record(log_model) or {}).get("base_model") if log_model is not None else None
+    training = _training(log_model, adapter, needed=not dataset or not (base_model or recorded_base),
+                         what_to_pass="--dataset and --base-model, or --adapter DIR")
+    base = base_model or recorded_base or training.config["model"]["name_or_path"]
     if log_model is not None:
         if not run_id:
             raise VigosError("--log-model needs --run-id (the MLflow run whose artifacts receive the model)")
@@ -184,12 +235,13 @@ def registry(
     assert source is not None
     r = register_model_version(
         name or cfg.publish.registered_model, source, run_id=run_id, kfp_run_id=kfp,
-        scores=_read_json(scores, "scores") or {}, base_model=base_model or cfg.model.name_or_path,
-        dataset=dataset or cfg.data.source, gate_metric=gate_metric or cfg.publish.gate_metric,
-        tags=extra,
+        scores=_read_json(scores, "scores") or {}, base_model=base,
+        dataset=dataset or training.dataset, gate_metric=gate_metric or cfg.publish.gate_metric,
+        eval_settings=eval_settings(scores.parent), tags=extra,
     )
     state = "re-applied (this run's version existed)" if r.reused else "registered"
     typer.echo(f"{state} {r.name} version {r.version} (kfp run {kfp}); aliases: {', '.join(r.aliases) or '-'}")
     typer.echo(f"{CHAMPION}: {'moved to this version' if r.champion_moved else 'unchanged'} "
                f"(previous: {('v' + str(r.previous_champion)) if r.previous_champion else 'none'}); "
                f"load with models:/{r.name}@{CHAMPION if CHAMPION in r.aliases else 'candidate'}")
+    typer.echo(f"gate: {r.decision}")

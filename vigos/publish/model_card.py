@@ -5,10 +5,17 @@ one result per benchmark metric (Pass@k and Avg@k per main benchmark, Score and 
 huggingface_hub's own `ModelCardData` so that its parser (`ModelCard(text).data.eval_results`) reads it back. The
 mean across benchmarks is not a dataset, so it lives only in the body's table.
 
-Body: the seed card's sections in its order (shared/seed/ViGOS-7B-model-card.txt). The hyper-parameter table comes
-from the config dict passed in (`VigosConfig.to_dict()`: sections `train`, `lora`, `eval`), the decoding table from
-its `eval` section, the results tables from the scores JSON (ARCHITECTURE.md contract). Facts about the METHOD (the
-paper, the output format, the citation, the usage snippet's prompt) are constants here, copied from the seed card.
+Body: the seed card's sections in its order (the ViGOS-7B model card the project started from). The hyper-parameter table and the
+training data come from the TRAINING run's config dict (`VigosConfig.to_dict()` as the trainer recorded it beside the
+adapter: sections `data`, `train`, `lora`, `eval`, `prompt`), the decoding table and the subset note from the
+EVALUATION actually run (its recorded settings and the scores; the config's `eval` section only where the
+evaluation recorded nothing), the results tables from the scores JSON (docs/architecture.md contract). Facts about the
+METHOD (the paper, the output format, the citation, the usage snippet's prompt) are constants here, copied from the
+seed card.
+
+Names: `base_model` and `datasets` in the front matter are Hub ids. A base model or dataset given as a local path is
+named by the Hub id its folder records (`provenance.hub_id`); without one the field is left out and the text names
+the folder (never its path) and says why.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vigos.evaluation.report import MAIN_BENCHMARKS, VILP_BENCHMARKS
+from vigos.publish.provenance import hub_id, local_name, subset_cap, subset_parts
 
 DISPLAY_NAMES = {
     "mm-vet": "MM-Vet", "mmmu": "MMMU", "mmmu-pro": "MMMU-Pro", "mathverse": "MathVerse", "mathvista": "MathVista",
@@ -119,36 +127,50 @@ def render_model_card(
     *,
     repo_id: str,
     base_model: str,
-    dataset: str,
     train_config: Mapping[str, Any],
     scores: Mapping[str, Any],
     baseline: Mapping[str, Any] | None,
     license: str,  # noqa: A002 - the Hub's metadata field is called `license`
     num_gpus: int,
     gpu_type: str,
+    dataset: str | None = None,
+    eval_settings: Mapping[str, Any] | None = None,
 ) -> str:
     """README.md text for `repo_id`.
 
-    `train_config`: `VigosConfig.to_dict()` of the training run (sections `train`, `lora`, `eval`).
-    `num_gpus` / `gpu_type`: the training hardware (0 GPUs: CPU), which the config does not record.
+    `base_model`: the base model's Hub id or local path (see the module doc: no local path reaches the card).
+    `train_config`: `VigosConfig.to_dict()` of the training run (sections `data`, `train`, `lora`, `eval`, `prompt`).
+    `num_gpus` / `gpu_type`: the training hardware (0 GPUs: CPU).
     `baseline`: the base model's scores from the same run (a column beside ours), or None.
+    `dataset`: the training data's name; None: the training config's `data.source` (with its split / max_samples
+    when narrowed).
+    `eval_settings`: what the evaluation recorded (`provenance.eval_settings`: `sampling`, `seed`, and
+    `max_examples` when known); the decoding table and the subset note follow it.
     """
     from vigos.evaluation.metrics import is_vilp
 
     name = repo_id.rstrip("/").split("/")[-1]
     train, lora, ev = (dict(train_config.get(k) or {}) for k in ("train", "lora", "eval"))
+    settings = dict(eval_settings or {})
+    ev |= {key: value for key, value in (settings.get("sampling") or {}).items() if value is not None}
+    if settings.get("seed") is not None:
+        ev["seed"] = settings["seed"]
     k = _k(scores, ev)
-    front = _front_matter(name, base_model, dataset, license, scores, k)
+    base = _Name(base_model, "model")
+    trained_on = train_config.get("data") or {}
+    data = (_Name(dataset, "dataset") if dataset is not None
+            else _Name(str(trained_on.get("source") or ""), "dataset", subset_parts(trained_on)))
+    front = _front_matter(name, base.hub_id, data.hub_id, license, scores, k)
     method = train.get("method", "vigos")
     bench_names = [n for n in _ordered(scores.get("benchmarks") or {}, MAIN_BENCHMARKS) if not is_vilp(n)]
     vilp_names = _ordered(scores.get("vilp") or {}, VILP_BENCHMARKS)
-    base_label = f"{base_model.split('/')[-1]} (base)"
+    base_label = f"{base.name.split('/')[-1]} (base)"
     cols = [name] + ([base_label] if baseline is not None else [])
     ev_rows = [("Maximum generated tokens", _int(ev.get("max_new_tokens"))),
-               ("Number of samples per main benchmark question", _int(ev.get("n_samples"))),
+               ("Number of samples per main benchmark question", _int(k or ev.get("n_samples"))),
                ("Temperature", _num(ev.get("temperature"))), ("Top-p", _fixed2(ev.get("top_p"))),
                ("Top-k", _int(ev.get("top_k"))), ("Random seed", _int(ev.get("seed")))]
-    subset = ev.get("max_examples")
+    subset = subset_cap(scores, settings)
     lines = [
         front,
         f"# {name}: Visual Grounding On-Policy Self-Distillation",
@@ -158,16 +180,17 @@ def render_model_card(
         *_table(("Field", "Value"), [
             ("Model name", name), ("Repository ID", repo_id), ("Model family", "ViGOS"),
             ("Model type", "Multimodal image-text-to-text / vision-language reasoning model"),
-            ("Base model", base_model), ("Training method", TRAINING_METHODS.get(method, method)),
-            ("Weight format", "Merged full weights"), ("Training data", dataset),
+            ("Base model", base.text), ("Training method", TRAINING_METHODS.get(method, method)),
+            ("Weight format", "Merged full weights"), ("Training data", data.text),
             ("Output format", f"`{OUTPUT_FORMAT}`"), ("Paper", f"[{PAPER_TITLE}]({PAPER_URL})"),
             ("Paper authors", PAPER_AUTHORS), ("Method code", METHOD_CODE),
             ("License", LICENSE_NAMES.get(license, license)),
         ]),
         "",
-        f"This repository holds the merged full weights of `{base_model}` after ViGOS LoRA post-training on "
-        f"`{dataset}`; no adapter is needed to use it.",
+        f"This repository holds the merged full weights of `{base.name}` after ViGOS LoRA post-training on "
+        f"`{data.name}`{data.extra}; no adapter is needed to use it.",
         "",
+        *(line for note in (base.note, data.note) if note for line in (note, "")),
         "## Model Summary",
         "",
         "ViGOS stands for Visual Grounding On-Policy Self-Distillation. It is a multimodal post-training method for "
@@ -226,7 +249,7 @@ def render_model_card(
         "",
         "## Training Details",
         "",
-        f"This model was trained for {_length(train)} on {dataset} using {_hardware(num_gpus, gpu_type)}. The student "
+        f"This model was trained for {_length(train)} on {data.text} using {_hardware(num_gpus, gpu_type)}. The student "
         "is trained on on-policy rollouts, and the frozen teacher roles are used only to score the student-generated "
         "prefixes during training.",
         "",
@@ -234,10 +257,10 @@ def render_model_card(
         "",
         "## Evaluation Protocol",
         "",
-        f"For the main benchmarks, {_int(ev.get('n_samples'))} stochastic responses are sampled per example and "
-        f"Pass@{k} / Avg@{k} reported. Pass@{k} checks whether at least one of the {k} sampled answers is correct, "
-        f"while Avg@{k} is the mean correctness across all {k} samples."
-        + _graders_sentence(scores),
+        f"For the main benchmarks, {_int(k or ev.get('n_samples'))} stochastic responses are sampled per example "
+        f"and Pass@{k} / Avg@{k} reported. Pass@{k} checks whether at least one of the {k} sampled answers is "
+        f"correct, while Avg@{k} is the mean correctness across all {k} samples."
+        + _graders_sentence(scores) + _counts_sentence(scores),
         "",
         "For ViLP, one response is generated per prompt and Score / Prior reported. Score measures accuracy on visually "
         "diagnostic questions where the model must use the image, and Prior measures accuracy on prior-aligned "
@@ -388,13 +411,28 @@ def eval_results(name: str, scores: Mapping[str, Any], k: int) -> list[Any]:
     return out
 
 
-def _front_matter(name: str, base_model: str, dataset: str, license: str, scores: Mapping[str, Any],  # noqa: A002
-                  k: int) -> str:
+class _Name:
+    """A base model or dataset as the card shows it: by its Hub id, or by a local folder's name (never its path)
+    with a note saying why the front matter does not name it."""
+
+    def __init__(self, name_or_path: str, kind: str, qualifiers: list[str] | None = None) -> None:
+        self.hub_id = hub_id(name_or_path) if name_or_path else None
+        self.name = self.hub_id or local_name(name_or_path) or f"unknown {kind}"
+        self.extra = f" ({', '.join(qualifiers)})" if qualifiers else ""
+        self.text = self.name + ("" if self.hub_id else " (local, no Hub id)") + self.extra
+        field = {"model": "base_model", "dataset": "datasets"}[kind]
+        self.note = "" if self.hub_id else (
+            f"The {'base model' if kind == 'model' else 'training data'} `{self.name}` was read from a local path "
+            f"that records no Hugging Face Hub id, so the metadata above names no `{field}`.")
+
+
+def _front_matter(name: str, base_model: str | None, dataset: str | None, license: str,  # noqa: A002
+                  scores: Mapping[str, Any], k: int) -> str:
     from huggingface_hub import ModelCardData
 
     results = eval_results(name, scores, k)
-    data = ModelCardData(base_model=base_model, datasets=[dataset], license=license, pipeline_tag=TASK_TYPE,
-                         library_name="transformers", tags=list(TAGS), model_name=name,
+    data = ModelCardData(base_model=base_model, datasets=[dataset] if dataset else None, license=license,
+                         pipeline_tag=TASK_TYPE, library_name="transformers", tags=list(TAGS), model_name=name,
                          eval_results=results or None)
     return f"---\n{data.to_yaml()}\n---\n"
 
@@ -425,6 +463,16 @@ def _graders_sentence(scores: Mapping[str, Any]) -> str:
     if len(names) == 1:
         return f" Answers were graded by {next(iter(names))}."
     return " Answers were graded by " + "; ".join(f"{g} ({', '.join(b)})" for g, b in names.items()) + "."
+
+
+def _counts_sentence(scores: Mapping[str, Any]) -> str:
+    """How many questions each benchmark's numbers rest on (the scores' `n_examples`)."""
+    counts = []
+    for section, order in (("benchmarks", MAIN_BENCHMARKS), ("vilp", VILP_BENCHMARKS)):
+        rows = scores.get(section) or {}
+        counts += [f"{DISPLAY_NAMES.get(b, b)} {int(rows[b]['n_examples']):,}" for b in _ordered(rows, order)
+                   if isinstance(rows[b], Mapping) and rows[b].get("n_examples")]
+    return f" Questions scored per benchmark: {', '.join(counts)}." if counts else ""
 
 
 def _k(scores: Mapping[str, Any], ev: Mapping[str, Any]) -> int:
