@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory and time of the full-vocabulary clipped token KL with backward (PERFORMANCE.md, KL rows).
+"""Peak memory and time of the full-vocabulary clipped token KL with backward (the KL anchors in benchmarks/RESULTS.md).
 
 Three ways to compute ``mean_t min(KL(p_teacher || p_student), clip)`` and its gradient w.r.t. the student's
 final hidden states, for one sequence of N completion tokens (the teacher's hidden states come from a no_grad

@@ -11,7 +11,7 @@ format, so most rollouts go to the reference teacher (one teacher forward instea
 
 Part 2, the student forward + backward on one `--seq-len`-token sequence, side by side: (naive) the HF model's full
 logits and a full-vocabulary KL against teacher logits, vs (ours) final hidden states and the chunked KL. LoRA r64 on
-the language model, gradient checkpointing, bf16 on CUDA. MFU = 6 * N_lm * tokens/s / peak (PERFORMANCE.md's
+the language model, gradient checkpointing, bf16 on CUDA. MFU = 6 * N_lm * tokens/s / peak (the anchors'
 convention; peak 989 TFLOP/s bf16 dense for H100/H200, 312 for A100).
 Needs only torch, transformers, peft and PIL (+ pyyaml).
 """

@@ -1,4 +1,9 @@
-"""`python -m pipeline compile|run-local`: compile the DAG for a cluster, or run the same DAG on this machine."""
+"""`python -m pipeline compile|submit|schedule|run-local|trainjob`: compile the DAG for a cluster, submit or schedule
+it there, or run the same DAG on this machine.
+
+Errors a user can fix print as one line without a traceback (`main`): usage errors and bad input exit 2, an
+endpoint that cannot be reached or refuses the request exits 1.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +24,29 @@ app = typer.Typer(
 
 IMAGES_ENV = Path("build/images.env")
 """Written by `make images`: digest-pinned image names (VIGOS_CPU_IMAGE=..., VIGOS_GPU_IMAGE=...)."""
+IMAGES_ENV_HELP = "Image pins from `make images` (used when present)."
+UNPINNED_HELP = ("Submit even with images that are not digest-pinned (no build/images.env: the built-in placeholder "
+                 "names, which no registry holds).")
 
 
-def _load_images_env(path: Path) -> None:
-    """Pin the components' images before `components` is imported (they read the environment at import)."""
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                key, value = line.split("=", 1)
-                os.environ.setdefault(key.strip(), value.strip())
+def _load_images_env(path: Path) -> Path | None:
+    """Pin the components' images before `components` is imported (they read the environment at import).
+
+    Returns the file read, or None when there is none (the components then name the placeholder images, which
+    `submit` refuses and `compile` warns about)."""
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+    return path
+
+
+def _unpinned_message(unpinned: list[str], images_env: Path, found: Path | None) -> str:
+    source = f"from {found}" if found else f"no {images_env}"
+    return (f"images not pinned to a digest ({source}): {', '.join(unpinned)}; run `make images "
+            f"REGISTRY=registry.example.com/vigos` to build, push and pin them")
 
 
 ALONGSIDE_HELP = ("Evaluate the base model beside training instead of after the merge (needs GPU quota for both at "
@@ -37,26 +56,42 @@ ALONGSIDE_HELP = ("Evaluate the base model beside training instead of after the 
 @app.command("compile")
 def compile_cmd(
     output: Path = typer.Option(Path("build/vigos-pipeline.yaml"), "--output", "-o", help="Where to write the YAML."),
-    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+    images_env: Path = typer.Option(IMAGES_ENV, help=IMAGES_ENV_HELP),
     base_eval_alongside: bool = typer.Option(False, "--base-eval-alongside", help=ALONGSIDE_HELP),
 ) -> None:
     """Compile the pipeline to a KFP v2 YAML (pipeline spec + Kubernetes platform spec)."""
-    _load_images_env(images_env)
+    found = _load_images_env(images_env)
     from pipeline.compile import compile_pipeline
+    from pipeline.submit import unpinned_images
 
     path = compile_pipeline(output, base_eval_alongside)
     typer.echo(f"wrote {path}")
+    unpinned = unpinned_images(path)
+    if unpinned:
+        typer.secho(f"warning: {_unpinned_message(unpinned, images_env, found)} (submit refuses them without "
+                    "--allow-unpinned-images)", fg="yellow", err=True)
 
 
 def _submit(params_file: Path | None, override: list[str], experiment: str, run_name: str | None,
-            cron: str | None, images_env: Path, base_eval_alongside: bool = False) -> None:
-    _load_images_env(images_env)
+            cron: str | None, images_env: Path, base_eval_alongside: bool = False,
+            allow_unpinned_images: bool = False) -> None:
+    from vigos.errors import VigosError
+
+    found = _load_images_env(images_env)
+    from pipeline.submit import check_parameters, endpoint, load_parameters, submit, unpinned_images
+
+    values = load_parameters(params_file, override)  # a missing or broken file fails before anything else
+    endpoint()  # so does a missing KF_PIPELINES_ENDPOINT
     from pipeline.compile import compile_pipeline
     from pipeline.pipeline import PIPELINE_NAME
-    from pipeline.submit import resolve_parameters, submit
 
     package = compile_pipeline(Path("build/vigos-pipeline.yaml"), base_eval_alongside)
-    params = resolve_parameters(package, params_file, override)  # fails before anything is sent
+    params = check_parameters(package, values)  # names and types: fails before anything is sent
+    unpinned = unpinned_images(package)
+    if unpinned and not allow_unpinned_images:
+        raise VigosError(f"{_unpinned_message(unpinned, images_env, found)}, or pass --allow-unpinned-images")
+    if unpinned:
+        typer.secho(f"warning: {_unpinned_message(unpinned, images_env, found)}", fg="yellow", err=True)
     s = submit(package, params, experiment=experiment, pipeline_name=PIPELINE_NAME, run_name=run_name, cron=cron)
     kind = "recurring run" if s.recurring else "run"
     typer.echo(f"pipeline {PIPELINE_NAME} version {s.version_id}; {kind} {s.run_id} in experiment {experiment}")
@@ -72,11 +107,12 @@ def submit_cmd(
     override: list[str] = typer.Option([], "--set", help="Pipeline parameter `name=value` (repeatable)."),
     experiment: str = typer.Option("vigos", help="KFP experiment to run in."),
     run_name: str | None = typer.Option(None, help="Run name (default: pipeline version name)."),
-    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+    images_env: Path = typer.Option(IMAGES_ENV, help=IMAGES_ENV_HELP),
     base_eval_alongside: bool = typer.Option(False, "--base-eval-alongside", help=ALONGSIDE_HELP),
+    allow_unpinned_images: bool = typer.Option(False, "--allow-unpinned-images", help=UNPINNED_HELP),
 ) -> None:
     """Compile, upload a new pipeline version and start a run (KF_PIPELINES_ENDPOINT / _NAMESPACE / _TOKEN)."""
-    _submit(params, override, experiment, run_name, None, images_env, base_eval_alongside)
+    _submit(params, override, experiment, run_name, None, images_env, base_eval_alongside, allow_unpinned_images)
 
 
 @app.command("schedule")
@@ -86,11 +122,12 @@ def schedule_cmd(
     override: list[str] = typer.Option([], "--set", help="Pipeline parameter `name=value` (repeatable)."),
     experiment: str = typer.Option("vigos", help="KFP experiment to run in."),
     run_name: str | None = typer.Option(None, help="Recurring run name (default: pipeline version name)."),
-    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+    images_env: Path = typer.Option(IMAGES_ENV, help=IMAGES_ENV_HELP),
     base_eval_alongside: bool = typer.Option(False, "--base-eval-alongside", help=ALONGSIDE_HELP),
+    allow_unpinned_images: bool = typer.Option(False, "--allow-unpinned-images", help=UNPINNED_HELP),
 ) -> None:
     """Compile, upload a new pipeline version and create a recurring run (one at a time, no catch-up)."""
-    _submit(params, override, experiment, run_name, cron, images_env, base_eval_alongside)
+    _submit(params, override, experiment, run_name, cron, images_env, base_eval_alongside, allow_unpinned_images)
 
 
 @app.command("run-local")
@@ -122,7 +159,7 @@ def trainjob_cmd(
     dataset: str = typer.Option("/mnt/vigos/runs/datasets/REPLACE_ME", help="Prepared dataset folder on the volume."),
     volume_root: str = typer.Option("/mnt/vigos/runs", help="The pipeline's `volume_root`."),
     runtime: str = typer.Option("torch-distributed", help="ClusterTrainingRuntime of Kubeflow Trainer."),
-    images_env: Path = typer.Option(IMAGES_ENV, help="Image pins from `make images` (used when present)."),
+    images_env: Path = typer.Option(IMAGES_ENV, help=IMAGES_ENV_HELP),
 ) -> None:
     """Write the Kubeflow Trainer TrainJob the train step would create (to review, or to `kubectl apply -f`)."""
     import yaml
@@ -130,7 +167,7 @@ def trainjob_cmd(
     from vigos.training.trainjob import TrainJobSpec, build_trainjob
 
     _load_images_env(images_env)
-    from components.images import GPU_IMAGE
+    from components.images import GPU_IMAGE, is_pinned
     from pipeline.pipeline import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS
 
     spec = TrainJobSpec(run_id=run_id, image=image or GPU_IMAGE, dataset=dataset,
@@ -141,20 +178,40 @@ def trainjob_cmd(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(yaml.safe_dump(manifest, sort_keys=False))
     typer.echo(f"wrote {output}: TrainJob {spec.name}, {nodes} node(s) x {gpus_per_node} GPU(s)")
+    if not is_pinned(spec.image):
+        typer.secho(f"warning: image {spec.image} is not pinned to a digest: pass a pinned --image, or run "
+                    "`make images REGISTRY=...` (writes build/images.env)", fg="yellow", err=True)
     if "REPLACE_ME" in dataset:
         typer.echo("set --dataset to the prepared data's folder before applying it", err=True)
 
 
-def main() -> None:
+def _usage_error_type() -> type[Exception]:
+    """click's UsageError as typer raises it (typer >= 0.26 vendors click, older ones use click itself)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a user's mistake is one `error: ...` line on stderr, never a traceback."""
     from vigos.errors import VigosError
 
+    usage_error = _usage_error_type()
     try:
-        app()
+        result = app(args=argv, standalone_mode=False, prog_name="python -m pipeline")
     except VigosError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help is already printed
+            sys.exit(e.exit_code)
+        ctx = getattr(e, "ctx", None)
+        path = ctx.command_path if ctx is not None else "python -m pipeline"
+        typer.secho(f"error: {e.format_message()} (see `{path} --help`)", fg="red", err=True)
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("aborted", fg="red", err=True)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":
     main()
-

@@ -1,5 +1,5 @@
 """Every prompt is byte for byte the text the released ViGOS-7B was trained and evaluated with (the authors'
-release code, as specified in the project's design PROMPTS.md); messages and prefills are built around them.
+release code, as docs/training.md "Prompts and images" describes); messages and prefills are built around them.
 
 The expected texts below are copied from that specification as written there (one line each, `\\n` for a
 newline, `\\boxed` for the backslash) and decoded here, so they are an independent copy, not the module's.

@@ -1,4 +1,4 @@
-"""Clipped per-token KL (TRAINING.md step 4): naive formula, hard clamp, empty masks, chunked == naive."""
+"""Clipped per-token KL (docs/training.md): naive formula, hard clamp, empty masks, chunked == naive."""
 
 from __future__ import annotations
 

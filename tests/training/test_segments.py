@@ -1,4 +1,4 @@
-"""Segment parsing (TRAINING.md step 2): character rules, token offsets with real byte-level tokenizers, masks."""
+"""Segment parsing (docs/training.md): character rules, token offsets with real byte-level tokenizers, masks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The benchmark registry (one data-driven entry per benchmark of shared/design/EVALUATION.md) and its loader.
+"""The benchmark registry (one data-driven entry per benchmark of docs/evaluation.md) and its loader.
 
     spec = get_benchmark("cv-bench")
     loaded = load_benchmark("cv-bench", source=None, max_examples=8)     # Hub; or a local folder in the Hub's schema
@@ -481,7 +481,7 @@ _LETTER = re.compile(r"^\(?\s*([A-Za-z])\s*\)?\.?$")
 
 
 def cv_bench_reference(answer: Any, choices: Sequence[str] | None) -> str | None:
-    """CV-Bench's answer "(B)" + its choices -> "(B) <choice text>" (EVALUATION.md); None if it names no choice."""
+    """CV-Bench's answer "(B)" + its choices -> "(B) <choice text>" (docs/evaluation.md); None if it names no choice."""
     m = _LETTER.match(_text(answer))
     if not m or not choices:
         return None

@@ -1,4 +1,4 @@
-"""Final-answer extraction from a model response (EVALUATION.md, "Extraction"). Pure, no I/O.
+"""Final-answer extraction from a model response (docs/evaluation.md, "Extraction"). Pure, no I/O.
 
 The content of the LAST `\\boxed{...}` with balanced braces (`vigos.data.answers.last_boxed`, the one brace finder;
 `\\boxed {x}` with a space counts). When that last box gives no answer (unclosed: usually a truncated generation;

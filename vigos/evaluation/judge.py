@@ -1,4 +1,4 @@
-"""LLM judge through any OpenAI-compatible endpoint (EVALUATION.md, "Grading").
+"""LLM judge through any OpenAI-compatible endpoint (docs/evaluation.md, "Rule grading").
 
 One call per question lists its k extracted answers and the reference and asks for one JSON verdict per answer:
 `{"verdicts": [true, false, ...]}`. Why this shape: the judge sees all attempts at once (k times fewer calls), and

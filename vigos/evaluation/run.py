@@ -4,7 +4,7 @@
 
 For each benchmark of `cfg.eval.benchmarks` (registry: `vigos.evaluation.benchmarks`):
 
-- **Prompt** (EVALUATION.md): one user turn with every image in order (at most `eval.max_images`) then the student
+- **Prompt** (docs/evaluation.md): one user turn with every image in order (at most `eval.max_images`) then the student
   prompt; the assistant turn is prefilled with `<description>`; the stored response is `<description>` + completion.
 - **Samples**: `eval.n_samples` per question (1 for ViLP), sample s with seed `eval.seed + s`, sampled by the
   engine's per-row seeded sampler (so a sample does not depend on its batch, its rank or the world size).
@@ -23,7 +23,7 @@ For each benchmark of `cfg.eval.benchmarks` (registry: `vigos.evaluation.benchma
   resuming with different ones is an error (mixing them would make Pass@k meaningless); a different model path is
   only a warning (a re-mounted artifact). It also gets each benchmark's counts and skipped bad rows.
 
-Row contract (ARCHITECTURE.md): `benchmark`, `example_id`, `sample_index`, `prompt` (the problem text shown in the
+Row contract (docs/architecture.md): `benchmark`, `example_id`, `sample_index`, `prompt` (the problem text shown in the
 student prompt, options included), `response`, `reference`, `answer_type`, `options`, `extracted` (null: scoring
 fills it), `correct` (null), plus `meta`, `seed`, `finish_reason` ("stop" / "length") and `num_tokens`.
 """

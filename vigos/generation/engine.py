@@ -1,6 +1,6 @@
 """`HFEngine`: batched, per-row-seeded sampling on transformers `generate`, for training rollouts and evaluation.
 
-Design (see shared/design/PERFORMANCE.md for why generation must be batched and use a static cache):
+Design (benchmarks/RESULTS.md measures why generation must be batched and use a static cache):
 
 - **Many requests per call.** Requests are cut into chunks of `batch_size` sequences; each chunk is one processor
   call (left padding) and one `model.generate` call. Results come back in request order.

@@ -41,12 +41,12 @@ class SamplingParams:
 
     @classmethod
     def from_eval(cls, cfg: EvalConfig) -> SamplingParams:
-        """Evaluation sampling (EVALUATION.md: T 1.0, top-p 0.9, top-k 20, 4096 new tokens by default)."""
+        """Evaluation sampling (docs/evaluation.md: T 1.0, top-p 0.9, top-k 20, 4096 new tokens by default)."""
         return cls(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
 
     @classmethod
     def from_train(cls, cfg: TrainConfig) -> SamplingParams:
-        """Rollout sampling (TRAINING.md: T 1.1, top-p 0.95, top-k 20, `max_completion_length` new tokens)."""
+        """Rollout sampling (docs/training.md: T 1.1, top-p 0.95, top-k 20, `max_completion_length` new tokens)."""
         return cls(cfg.rollout_temperature, cfg.rollout_top_p, cfg.rollout_top_k, cfg.max_completion_length)
 
     def to_dict(self) -> dict[str, Any]:

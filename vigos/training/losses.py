@@ -1,4 +1,4 @@
-"""Per-token clipped KL divergences for ViGOS (TRAINING.md, step 4).
+"""Per-token clipped KL divergences for ViGOS (docs/training.md, "One optimizer step").
 
 For each supervised token t, with p = softmax(logits / T) over the FULL vocabulary, computed in float32:
 

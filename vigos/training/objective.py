@@ -1,5 +1,5 @@
 """The ViGOS objective for one micro-batch of rollouts: route each rollout to its teachers, run them, and return
-the clipped per-token KL terms per segment (TRAINING.md, steps 3-4).
+the clipped per-token KL terms per segment (docs/training.md, "One optimizer step").
 
 Pure of any distributed or optimizer concern (the trainer adds all-reduced token means, DeepSpeed backward and
 steps), so benchmarks and tests run exactly the trainer's computation with plain torch.
@@ -107,7 +107,7 @@ def combine(
     """L = l_P * mean_P + l_R * mean_R + l_F * mean_F, each mean over `counts` tokens (all-reduced over ranks by
     the caller). An empty segment contributes `anchor` (a zero that keeps the graph connected).
 
-    `method: opsd` has one privileged teacher, weighted 1 (TRAINING.md, "Methods"): it only borrows the
+    `method: opsd` has one privileged teacher, weighted 1 (docs/training.md): it only borrows the
     `reference` slot, not ViGOS's fallback weight `lambda_reference`."""
     reference_weight = 1.0 if t.method == "opsd" else t.lambda_reference
     lambdas = {"perception": t.lambda_perception, "reasoning": t.lambda_reasoning, "reference": reference_weight}

@@ -1,4 +1,4 @@
-"""Parse a ViGOS completion into its description and reasoning segments (TRAINING.md, step 2).
+"""Parse a ViGOS completion into its description and reasoning segments (docs/training.md, "One optimizer step").
 
 A completion is what the policy generated AFTER the assistant prefill ``<description>``. Expected shape::
 
@@ -16,7 +16,7 @@ Character-level rules (:func:`parse_segments`), applied to the decoded completio
    No closing box at all (missing, or every candidate unbalanced) is invalid.
 
 Valid iff all four exist in that order and the description is non-empty. The description span is
-``[0, start of </description>)``; a whitespace-only description is non-empty, hence valid (TRAINING.md: "holds
+``[0, start of </description>)``; a whitespace-only description is non-empty, hence valid (docs/training.md: "holds
 at least one non-EOS token"). The reasoning span is ``[end of <think>, end of the "}" closing the box)``; it
 includes ``</think>`` and the whole ``\\boxed{...}``. Spans are half-open character ranges into the text.
 
@@ -92,7 +92,7 @@ def find_balanced_box(text: str, start: int = 0) -> Span | None:
 
 
 def parse_segments(text: str, *, truncated: bool = False) -> Segments:
-    """Apply TRAINING.md's segment rules to a completion text (the text generated after ``<description>``).
+    """Apply the segment rules (docs/training.md) to a completion text (the text generated after ``<description>``).
 
     ``truncated`` is recorded as given: whether the completion hit the length limit without EOS. A truncated
     completion is valid if all its parts are there (the box closed before the cut); otherwise it is invalid

@@ -7,7 +7,7 @@ Modules: `choice` (multiple choice), `yes_no`, `numbers` (numeric), `expressions
 `references` (references that accept several answers: MMMU list literals, MM-Vet `<OR>` / `<AND>`), `vilp`
 (ViLP's own one-word normalisation), `text` (the clean-up they share).
 
-Always available and free, so every run has a grade even without a judge (EVALUATION.md, "Grading"). Each rule
+Always available and free, so every run has a grade even without a judge (docs/evaluation.md, "Rule grading"). Each rule
 accepts only sound equivalences (a letter and its option text, 0.5 and 1/2, "12 cm" and 12): a false "correct"
 inflates Pass@k far more than a false "incorrect" (Pass@k takes the best of k samples).
 """
