@@ -79,3 +79,23 @@ def test_local_default_store(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VIGOS_HOME", str(tmp_path / "home"))
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+
+
+def test_experiments_open_on_the_runs_table(tracking_env):
+    client = MlflowClient()
+    with tracking.step_run("train", kfp_run_id="run-kind", experiment="t-kind"):
+        pass
+    assert client.get_experiment_by_name("t-kind").tags["mlflow.experimentKind"] == "custom_model_development"
+    # an experiment made before (no kind) gets it; one a user set is left alone
+    old = client.create_experiment("t-kind-old")
+    mine = client.create_experiment("t-kind-mine", tags={"mlflow.experimentKind": "genai_development"})
+    tracking.use_experiment("t-kind-old")
+    tracking.use_experiment("t-kind-mine")
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
+    import os
+
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None  # use_experiment is process-global
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

@@ -47,18 +47,25 @@ def _client():
     return MlflowClient()
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3's UI opens an experiment without this tag on its GenAI overview; ours are training runs: the runs table."""
+
+
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:  # created before the tag was set, or by hand: never override a user's choice
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     location = None
     if tracking_uri().startswith("sqlite:"):
         # without this MLflow puts a SQLite store's artifacts in ./mlruns of whatever the working directory is
         location = (vigos_home() / "mlflow-artifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # another step created it in the meantime
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -250,3 +250,19 @@ def test_cli_run(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "cv-bench: 2 examples x 1 samples, 2 generated" in result.output
     assert len(read_rows(responses_path(tmp_path / "out", "cv-bench"))[0]) == 2
+
+
+def test_plain_progress_lines_for_pod_logs(cfg, tiny_model_dir, engine, tiny_processor, tmp_path, capsys,
+                                           monkeypatch):
+    import vigos.evaluation.run as run
+
+    monkeypatch.setattr(run, "PROGRESS_LINE_S", 0.0)  # every chunk: the test must not wait a minute
+    run_eval(tiny_model_dir, cfg, tmp_path / "out", progress=False, engine=engine, processor=tiny_processor,
+             cache_dir=str(tmp_path / "c"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[vigos] eval")]
+    names = list(cfg.eval.benchmarks)
+    # one line per benchmark with the overall count and an estimate of what is left, without \r
+    ends = [line for line in lines if " generated, " in line]
+    assert [line.split()[2] for line in ends] == [f"{i}/{len(names)}" for i in range(1, len(names) + 1)]
+    assert all("left" in line and "\r" not in line for line in lines)
+    assert any("samples (" in line and "/s, about" in line for line in lines)  # within a benchmark

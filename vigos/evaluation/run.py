@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 RESPONSES_DIR = "responses"
 RUN_FILE = "eval_run.json"
+PROGRESS_LINE_S = 60.0
+"""Seconds between the plain progress lines of a long benchmark (for pod logs; the tqdm bar is for terminals)."""
 ROW_FIELDS = (
     "benchmark", "example_id", "sample_index", "prompt", "response", "reference", "answer_type", "options",
     "extracted", "correct", "meta", "seed", "finish_reason", "num_tokens",
@@ -363,7 +366,8 @@ def run_eval(
     holder = _Model(model_name, cfg, engine=engine, processor=processor)
 
     counts: dict[str, dict[str, Any]] = {}
-    for spec in specs:
+    started = time.monotonic()
+    for index, spec in enumerate(specs):
         name = spec.name
         loaded = load_benchmark(name, source=sources.get(name), max_examples=ev.max_examples,
                                 max_images=ev.max_images, cache_dir=cache_dir)
@@ -393,6 +397,11 @@ def run_eval(
             run_state["benchmarks"][name] = {**record, "sources": loaded.sources, "skipped": loaded.skipped}
             _write_atomic(run_file, json.dumps(run_state, indent=2, ensure_ascii=False) + "\n")
         counts[name] = record
+        if rank == 0:  # a plain line per benchmark: pod logs get no tqdm bar worth reading
+            elapsed = time.monotonic() - started
+            left = elapsed / (index + 1) * (len(specs) - index - 1)
+            print(f"[vigos] eval {index + 1}/{len(specs)} {name}: {generated} generated, {resumed} resumed; "
+                  f"elapsed {_duration(elapsed)}, about {_duration(left)} left", flush=True)
     if world > 1:
         _barrier()
     return counts
@@ -423,6 +432,7 @@ def _generate(
     writer = _Appender(path)
     bar = tqdm(total=len(pairs), desc=name, unit="sample", disable=not progress or rank != 0)
     done = 0
+    started = last_line = time.monotonic()
     try:
         for chunk in _chunks(pairs, ev.batch_size):
             images: dict[str, list[Any]] = {}
@@ -440,12 +450,24 @@ def _generate(
             writer.write([_row(item, s, res) for (item, s), res in zip(chunk, results, strict=True)])
             done += len(chunk)
             bar.update(len(chunk))
+            now = time.monotonic()
+            if rank == 0 and now - last_line >= PROGRESS_LINE_S and done < len(pairs):
+                # a plain periodic line as well: tqdm redraws with \r, which a pod log or a non-terminal mangles
+                rate = done / (now - started)
+                print(f"[vigos] eval {name}: {done}/{len(pairs)} samples ({done / len(pairs):.0%}), {rate:.2f}/s, "
+                      f"about {_duration((len(pairs) - done) / rate)} left", flush=True)
+                last_line = now
             if on_chunk is not None:
                 on_chunk(name, done, len(pairs))
     finally:
         bar.close()
         writer.close()
     return done
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _merge(out: Path, name: str, wanted: list[tuple[EvalItem, int]]) -> list[dict[str, Any]]:
