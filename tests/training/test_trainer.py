@@ -142,7 +142,7 @@ def test_only_language_model_lora_learns(tiny_model_dir, prepared, tmp_path):
     AutoProcessor.from_pretrained(tmp_path / "out" / "adapter")  # the processor travels with the adapter
 
 
-def test_loss_falls_on_fixed_rollouts(tiny_model_dir, prepared, tmp_path):
+def test_loss_falls_on_fixed_rollouts(tiny_model_dir, prepared, tmp_path, capsys):
     import datasets
 
     # one batch, seen at every step: a 2-row dataset and a micro-batch of 2
@@ -158,6 +158,11 @@ def test_loss_falls_on_fixed_rollouts(tiny_model_dir, prepared, tmp_path):
     assert h0["loss_perception"] > 0 and h0["loss_reasoning"] > 0 and h0["loss_ref"] > 0
     assert h0["format_valid_rate"] == 0.5
     assert sum(losses[-3:]) < 0.5 * sum(losses[:3]), losses
+    # plain lines for logs (no terminal bar here): one every train.logging_steps (1), then the final save
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[vigos] train")]
+    assert [line.split()[3].rstrip(":") for line in out[:-1]] == [f"{i}/20" for i in range(1, 21)]
+    assert "s/step, about" in out[0] and "left" in out[0]
+    assert out[-1].startswith("[vigos] training done (20 steps); writing the final adapter")
 
 
 def test_reference_teacher_only_for_invalid_rollouts(tiny_model_dir, prepared, tmp_path):

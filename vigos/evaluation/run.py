@@ -47,6 +47,7 @@ from vigos.data.prompts import DESCRIPTION_PREFILL, build_messages, build_prompt
 from vigos.errors import VigosError
 from vigos.evaluation.benchmarks import EvalItem, get_benchmark, load_benchmark, parse_sources
 from vigos.generation import GenerationRequest, SamplingParams, dist_rank_world, shard_for_rank
+from vigos.progress import duration
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +402,7 @@ def run_eval(
             elapsed = time.monotonic() - started
             left = elapsed / (index + 1) * (len(specs) - index - 1)
             print(f"[vigos] eval {index + 1}/{len(specs)} {name}: {generated} generated, {resumed} resumed; "
-                  f"elapsed {_duration(elapsed)}, about {_duration(left)} left", flush=True)
+                  f"elapsed {duration(elapsed)}, about {duration(left)} left", flush=True)
     if world > 1:
         _barrier()
     return counts
@@ -455,7 +456,7 @@ def _generate(
                 # a plain periodic line as well: tqdm redraws with \r, which a pod log or a non-terminal mangles
                 rate = done / (now - started)
                 print(f"[vigos] eval {name}: {done}/{len(pairs)} samples ({done / len(pairs):.0%}), {rate:.2f}/s, "
-                      f"about {_duration((len(pairs) - done) / rate)} left", flush=True)
+                      f"about {duration((len(pairs) - done) / rate)} left", flush=True)
                 last_line = now
             if on_chunk is not None:
                 on_chunk(name, done, len(pairs))
@@ -463,11 +464,6 @@ def _generate(
         bar.close()
         writer.close()
     return done
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _merge(out: Path, name: str, wanted: list[tuple[EvalItem, int]]) -> list[dict[str, Any]]:

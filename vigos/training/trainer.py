@@ -22,6 +22,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ import torch
 
 from vigos.config import ConfigError, TrainConfig, VigosConfig
 from vigos.errors import VigosError
+from vigos.progress import duration
 from vigos.training import teachers as T
 from vigos.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from vigos.training.objective import SEGMENTS, combine, segment_kl_terms
@@ -284,6 +286,9 @@ class ViGOSTrainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step")
+        # plain lines every train.logging_steps where no terminal shows the bar (a pod log, a file, the demo)
+        lines = self.dist.is_main and (bar is None or not sys.stderr.isatty())
+        started = time.monotonic()
         for step in range(start_step, self.total_steps):
             metrics = self._optimizer_step(step)
             history.append(metrics)
@@ -293,12 +298,20 @@ class ViGOSTrainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3g}", valid=f"{metrics['format_valid_rate']:.2f}")
             done = step + 1
+            if lines and (done % self.t.logging_steps == 0 or done == self.total_steps):
+                per_step = (time.monotonic() - started) / (done - start_step)
+                print(f"[vigos] train step {done}/{self.total_steps}: loss {metrics['loss']:.4g}, format-valid "
+                      f"{metrics['format_valid_rate']:.2f}, {per_step:.1f} s/step, about "
+                      f"{duration(per_step * (self.total_steps - done))} left", flush=True)
             if done % self.t.save_steps == 0 or done == self.total_steps:
                 self._save_checkpoint(done)
             if self.interrupt_after_step is not None and done == self.interrupt_after_step:
                 raise KeyboardInterrupt(f"interrupted after step {done} (test preemption)")
         if bar is not None:
             bar.close()
+        if self.dist.is_main:  # saving and shutting DeepSpeed down take a while: say so, not a silent minute
+            print(f"[vigos] training done ({self.total_steps} steps); writing the final adapter to "
+                  f"{self.output_dir / ADAPTER}", flush=True)
         adapter_dir = self._save_final()
         if self.dist.is_main:
             state = {"steps": self.total_steps, "resumed_from": start_step, "history": history}
