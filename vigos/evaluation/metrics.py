@@ -250,6 +250,25 @@ def compute_scores(rows: Iterable[Mapping[str, Any]], grader: str | Mapping[str,
     return {"benchmarks": benchmarks, "mean": mean, "vilp": vilp, "grader": overall}
 
 
+def score_rows(scores: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(benchmark, its scores) for every benchmark of a Scores JSON, the main ones then ViLP."""
+    for section in ("benchmarks", "vilp"):
+        for name, row in (scores.get(section) or {}).items():
+            if isinstance(row, Mapping):
+                yield name, row
+
+
+def benchmarks_by_grader(scores: Mapping[str, Any], default: str | None = None) -> dict[str, list[str]]:
+    """Grader label -> the benchmarks it decided, first seen first; a row without a label counts under `default`
+    (left out when None)."""
+    by: dict[str, list[str]] = {}
+    for name, row in score_rows(scores):
+        label = row.get("grader") or default
+        if label:
+            by.setdefault(str(label), []).append(name)
+    return by
+
+
 def flatten_scores(scores: Mapping[str, Any]) -> dict[str, float]:
     """Scores JSON -> `{"<benchmark>.pass_at_k": 72.0, "mean.pass_at_k": ..., "vilp-f.score": ...}`.
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vigos.evaluation.metrics import BREAKDOWNS, MAIN_BENCHMARKS
+from vigos.evaluation.metrics import BREAKDOWNS, MAIN_BENCHMARKS, benchmarks_by_grader
 
 VILP_BENCHMARKS = ("vilp-f", "vilp-p")
 
@@ -299,10 +299,7 @@ def prompt_set(scores: dict[str, Any], baseline: dict[str, Any] | None = None) -
 
 def _graders(scores: Mapping[str, Any]) -> str:
     """`mm-vet: rules (approximate); mmmu, cv-bench: rules` (benchmarks grouped by grader, first seen first)."""
-    by: dict[str, list[str]] = {}
-    for section in ("benchmarks", "vilp"):
-        for name, row in (scores.get(section) or {}).items():
-            by.setdefault(str(row.get("grader") or scores.get("grader") or "unknown"), []).append(name)
+    by = benchmarks_by_grader(scores, default=scores.get("grader") or "unknown")
     return "; ".join(f"{', '.join(names)}: {grader}" for grader, names in by.items()) or "n/a"
 
 

@@ -453,11 +453,9 @@ def _ordered(section: Mapping[str, Any], preferred: tuple[str, ...]) -> list[str
 
 def _graders_sentence(scores: Mapping[str, Any]) -> str:
     """Which grader decided each benchmark ("rules (approximate)" for MM-Vet graded without its judge)."""
-    names: dict[str, list[str]] = {}
-    for section in ("benchmarks", "vilp"):
-        for bench, row in (scores.get(section) or {}).items():
-            if isinstance(row, Mapping) and row.get("grader"):
-                names.setdefault(str(row["grader"]), []).append(bench)
+    from vigos.evaluation.metrics import benchmarks_by_grader
+
+    names = benchmarks_by_grader(scores)
     if not names:
         return ""
     if len(names) == 1:

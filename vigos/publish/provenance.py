@@ -170,7 +170,8 @@ def subset_cap(scores: Mapping[str, Any], settings: Mapping[str, Any]) -> int | 
     cap = settings.get("max_examples")
     if not cap:
         return None
-    counts = [row.get("n_examples") for section in ("benchmarks", "vilp")
-              for row in (scores.get(section) or {}).values() if isinstance(row, Mapping)]
+    from vigos.evaluation.metrics import score_rows
+
+    counts = [row.get("n_examples") for _, row in score_rows(scores)]
     counts = [int(n) for n in counts if isinstance(n, int | float)]
     return int(cap) if not counts or max(counts) >= int(cap) else None

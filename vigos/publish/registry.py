@@ -40,7 +40,7 @@ from typing import Any
 
 from vigos.config import flatten_dict
 from vigos.errors import VigosError
-from vigos.evaluation.metrics import flatten_scores
+from vigos.evaluation.metrics import flatten_scores, score_rows
 from vigos.tracking import TAG_KFP_RUN, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ def eval_settings_tags(scores: Mapping[str, Any], settings: Mapping[str, Any] | 
          "eval.student_prompt": "release", "eval.bench.mmmu.n_examples": "900", "eval.bench.mmmu.k": "5",
          "eval.bench.mmmu.grader": "rules", ...}
     """
-    rows = {name: row for section in ("benchmarks", "vilp") for name, row in (scores.get(section) or {}).items()
-            if isinstance(row, Mapping)}
+    rows = dict(score_rows(scores))
     record: dict[str, str] = {"benchmarks": ",".join(sorted(rows))}
     record |= {k: _setting(k, v) for k, v in flatten_dict(dict(settings or {}))}
     if isinstance(scores.get("student_prompt"), str):

@@ -26,6 +26,7 @@ from vigos.evaluation.grade.references import alternatives, answer_parts
 from vigos.evaluation.grade.text import norm_text
 from vigos.evaluation.grade.verdict import RuleVerdict
 from vigos.evaluation.grade.yes_no import grade_yes_no
+from vigos.evaluation.metrics import is_vilp
 
 __all__ = ["RuleVerdict", "grade", "grade_detail", "numbers_match", "parse_number"]
 
@@ -38,14 +39,10 @@ _RULES: dict[str, Callable[[str, str, Sequence[Any] | None], RuleVerdict]] = {
 }
 
 
-def _is_vilp(benchmark: str | None) -> bool:
-    return bool(benchmark) and str(benchmark).startswith("vilp")
-
-
 def _single(extracted: str, reference: str, kind: str, options: Sequence[Any] | None,
             benchmark: str | None) -> RuleVerdict:
     verdict = _RULES[kind](extracted, reference, options)
-    if not verdict.correct and _is_vilp(benchmark):
+    if not verdict.correct and benchmark is not None and is_vilp(str(benchmark)):
         from vigos.evaluation.grade.vilp import normalize
 
         got, ref = normalize(norm_text(extracted)), normalize(norm_text(reference))
