@@ -69,6 +69,7 @@ schedule-pipeline: install  ## Same, as a recurring run (CRON='0 0 2 * * 1': Mon
 # environment), so a compiled pipeline runs exactly the pushed images.
 REGISTRY ?=
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
 DOCKER ?= docker
 PLATFORM ?= linux/amd64
 IMAGES_ENV ?= build/images.env
@@ -89,7 +90,7 @@ images:  ## Build + push the images (REGISTRY=..., TAG=git describe), write buil
 	for spec in $(IMAGE_SPECS); do \
 	  IFS=: read -r name file tag var <<< "$$spec"; ref=$(REGISTRY)/$$name:$$tag; \
 	  echo "==> $$ref ($$file)"; \
-	  $(DOCKER) build --platform $(PLATFORM) -f $$file -t $$ref . ; \
+	  $(DOCKER) build --platform $(PLATFORM) --build-arg GIT_COMMIT=$(GIT_COMMIT) -f $$file -t $$ref . ; \
 	  $(DOCKER) push $$ref; \
 	  digest=$$($(DOCKER) buildx imagetools inspect $$ref --format '{{json .Manifest.Digest}}' | tr -d '"'); \
 	  case $$digest in sha256:*) ;; *) echo "images: no digest for $$ref" >&2; exit 1;; esac; \

@@ -45,6 +45,10 @@ RUN groupadd --gid 1000 vigos \
     && chown 1000:1000 /mnt/vigos
 
 # The shared volume (PVC vigos-cache at /mnt/vigos): one Hugging Face cache per cluster.
+# The commit the image was built from (`make images` passes it): MLflow runs record it as mlflow.source.git.commit.
+ARG GIT_COMMIT=unknown
+ENV VIGOS_GIT_COMMIT=${GIT_COMMIT}
+
 ENV HF_HOME=/mnt/vigos/hf-cache \
     HF_HUB_DISABLE_TELEMETRY=1
 

@@ -71,6 +71,10 @@ RUN if id ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
     && chown 1000:1000 /mnt/vigos
 
 # The shared volume (PVC vigos-cache at /mnt/vigos): one Hugging Face cache per cluster, JIT-built ops cached.
+# The commit the image was built from (`make images` passes it): MLflow runs record it as mlflow.source.git.commit.
+ARG GIT_COMMIT=unknown
+ENV VIGOS_GIT_COMMIT=${GIT_COMMIT}
+
 ENV HF_HOME=/mnt/vigos/hf-cache \
     HF_HUB_DISABLE_TELEMETRY=1 \
     TORCH_EXTENSIONS_DIR=/mnt/vigos/torch-extensions

@@ -90,11 +90,14 @@ class _StepLog(io.TextIOBase):
         else:
             self.recent.append(line)
             # a finished tqdm bar arrives as one line of \r-separated updates: show its final state once
-            bar = line.split("\r")[-1].strip()
+            # the steps' own lines, which kfp.local indents and which may follow a bar's last redraw on the same line;
+            # not evaluation's plain progress lines (the bars show that progress here)
+            bar, _, own = line.partition("[vigos]")
+            bar = bar.split("\r")[-1].strip()
+            if own and not own.startswith(" eval "):
+                self.terminal.write(f"      [vigos]{own.rstrip()}\n")
             label = bar.split("%|")[0]
-            if ("%|" in bar and not re.search(r"(^|\s)0%\|", bar) and label != self.last_bar) or line.startswith(
-                "[vigos]"
-            ):
+            if "%|" in bar and not re.search(r"(^|\s)0%\|", bar) and label != self.last_bar:
                 self.terminal.write(f"      {bar}\n")
                 self.last_bar = label
         self.terminal.flush()
@@ -215,25 +218,43 @@ def _find_run(experiment: str, started_ms: int):
     return parent, kfp_run_id, step_runs(kfp_run_id, experiment)
 
 
-# The one number per step that the summary shows; later steps add theirs.
+# The one number per step that the summary shows; later steps add theirs. Each reads the step run's metrics, params
+# and tags in one mapping (counts are params, outcomes tags: docs/metrics.md).
 KEY_METRICS = {
     # rows in = kept + dropped as bad + valid rows left out by data.max_samples (the tiny preset keeps 64)
-    "prepare-data": lambda m: f"{m.get('rows_out', 0):.0f} rows kept ({m.get('rows_in', 0):.0f} in, "
-    f"{sum(v for k, v in m.items() if k.startswith('dropped_')):.0f} dropped as bad, "
-    f"{m.get('rows_valid', 0) - m.get('rows_out', 0):.0f} over data.max_samples)",
+    "prepare-data": lambda m: f"{_n(m, 'data.rows_out')} rows kept ({_n(m, 'data.rows_in')} in, "
+    f"{sum(int(v) for k, v in m.items() if k.startswith('data.dropped.'))} dropped as bad, "
+    f"{_n(m, 'data.rows_valid') - _n(m, 'data.rows_out')} over data.max_samples)",
     # means over the run's steps: the three teachers' losses (perception and reasoning score well-formed rollouts,
     # reference the malformed ones) and the share of well-formed rollouts
-    "train": lambda m: f"mean loss perception {m.get('mean_loss_perception', 0):.3g} / reasoning "
-    f"{m.get('mean_loss_reasoning', 0):.3g} / reference {m.get('mean_loss_ref', 0):.3g}, format-valid "
-    f"{m.get('mean_format_valid_rate', 0):.0%}, {m.get('steps', 0):.0f} steps",
-    "merge": lambda m: f"{m.get('shards', 0):.0f} shard(s), probe |diff| {m.get('probe_max_abs_diff', 0):.2g}",
-    "evaluate-base": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",
-    "evaluate-model": lambda m: f"Pass@5 {m.get('mean.pass_at_k', 0):.1f} / Avg@5 {m.get('mean.avg_at_k', 0):.1f}",
-    "eval-report": lambda m: f"mean Pass@5 {m.get('delta.mean.pass_at_k', 0):+.1f} vs base",
-    "register": lambda m: f"version {m.get('version', 0):.0f}"
-    + (", new champion" if m.get("champion_moved") else ", candidate"),
-    "publish-hub": lambda m: f"{m.get('files', 0):.0f} files" + (" (dry run)" if m.get("dry_run") else " uploaded"),
+    "train": lambda m: f"mean loss perception {m.get('train/loss_perception_mean', 0):.3g} / reasoning "
+    f"{m.get('train/loss_reasoning_mean', 0):.3g} / reference {m.get('train/loss_reference_mean', 0):.3g}, "
+    f"format-valid {m.get('train/format_valid_rate_mean', 0):.0%}, {_n(m, 'train.steps_done')} steps",
+    "merge": lambda m: f"{_n(m, 'merge.shards')} shard(s), probe |diff| {m.get('merge/probe_max_abs_diff', 0):.2g}",
+    "evaluate-base": lambda m: _pass_avg(m, "eval"),
+    "evaluate-model": lambda m: _pass_avg(m, "eval"),
+    "eval-report": lambda m: "mean Pass@k "
+    + ", ".join(f"{v * 100:+.1f} points vs base" for k, v in m.items() if k.startswith("delta/mean/pass_at_")),
+    "register": lambda m: f"version {m.get('registry.version', '?')}"
+    + (", new champion" if m.get("registry.champion_moved") == "True" else ", candidate"),
+    "publish-hub": lambda m: f"{_n(m, 'publish.files')} files"
+    + (" (dry run)" if m.get("publish.dry_run") == "True" else " uploaded"),
 }
+
+
+def _n(facts: dict, key: str) -> int:
+    try:
+        return int(float(facts.get(key, 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _pass_avg(facts: dict, stage: str) -> str:
+    """`Pass@5 41.7 / Avg@5 30.0` from `<stage>/mean/pass_at_5` and `<stage>/mean/avg_at_5` (fractions)."""
+    found = {k.rsplit("/", 1)[1]: v for k, v in facts.items()
+             if k.startswith(f"{stage}/mean/") and not k.endswith("_stderr")}
+    return " / ".join(f"{name.split('_at_')[0].capitalize()}@{name.split('_at_')[1]} {found[name] * 100:.1f}"
+                      for name in sorted(found, reverse=True))
 
 
 def _summary(steps, parent, outputs: Path, ok: bool, durations: dict[str, float]) -> None:
@@ -247,7 +268,8 @@ def _summary(steps, parent, outputs: Path, ok: bool, durations: dict[str, float]
         name = run.data.tags.get(TAG_STEP, run.info.run_name)
         # the step's wall time as the DAG saw it (process start, imports, work); else the MLflow run's
         secs = durations.get(name) or ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
-        metric = KEY_METRICS.get(name, lambda m: "")(run.data.metrics) if run.info.status == "FINISHED" else ""
+        facts = {**run.data.tags, **run.data.params, **run.data.metrics}
+        metric = KEY_METRICS.get(name, lambda m: "")(facts) if run.info.status == "FINISHED" else ""
         ok = run.info.status == "FINISHED"
         # KFP's words, as the step lines above print them (MLflow says FINISHED for a successful run)
         status = "SUCCESS" if ok else "FAILURE" if run.info.status == "FAILED" else run.info.status

@@ -11,7 +11,7 @@ from vigos import tracking
 
 def test_parent_and_nested_step_runs(tracking_env):
     with tracking.step_run("prepare-data", kfp_run_id="run-a", experiment="t-nest", params={"data.seed": 42}):
-        tracking.log_metrics({"rows": 10, "dropped": {"tiny_image": 2}, "note": "not a number"})
+        tracking.log_metrics({"data/kept_rate": 0.5, "data/nan": float("nan"), "note": "not a number"})
         mlflow.log_dict({"x": 1}, "stats.json")
     with tracking.step_run("train", kfp_run_id="run-a", experiment="t-nest"):
         pass
@@ -21,8 +21,11 @@ def test_parent_and_nested_step_runs(tracking_env):
     assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {parent}
     prep = steps[0]
     assert prep.info.status == "FINISHED"
-    assert prep.data.metrics == {"rows": 10.0, "dropped.tiny_image": 2.0}
+    assert prep.data.metrics == {"data/kept_rate": 0.5}
     assert prep.data.params == {"data.seed": "42"}
+    parent_run = MlflowClient().get_run(parent)  # step params are the parent's too (its runs-table row)
+    assert parent_run.data.params == {"data.seed": "42"}
+    assert parent_run.data.tags[tracking.TAG_COMMIT] == prep.data.tags[tracking.TAG_COMMIT] == tracking.source_commit()
     client = MlflowClient()
     assert [a.path for a in client.list_artifacts(prep.info.run_id)] == ["stats.json"]
     # another pipeline run gets its own parent

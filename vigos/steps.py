@@ -34,6 +34,10 @@ class StepContext:
     mlflow_experiment: str = ""
     kfp_run_id: str = "local"
 
+    def params(self) -> dict[str, str]:
+        """What every step records of how the run was configured (the parent run's params)."""
+        return {"preset": self.preset, "config_overrides": " ".join(self.config_overrides) or "(none)"}
+
     def config(self, values: dict[str, Any] | None = None) -> VigosConfig:
         cfg = load_config(self.preset, overrides=self.config_overrides, values=values)
         if self.mlflow_experiment:
@@ -118,29 +122,42 @@ def record_data_stats(ctx: StepContext, dataset_dir: str) -> None:
     import mlflow
 
     from vigos.data.prepare import DROPS_FILE, STATS_FILE
-    from vigos.tracking import log_metrics, step_run
+    from vigos.tracking import log_metrics, log_params, stage_metrics, step_run
 
     cfg = ctx.config()
     dataset_dir = str(volume.resolve(dataset_dir))
     stats = json.loads((Path(dataset_dir) / STATS_FILE).read_text())
     params = {"data.source": stats["source"], "data.split": stats["split"]}
-    params |= {f"data.{k}": v for k, v in stats.get("config", {}).items()} | {"preset": cfg.preset}
+    params |= {f"data.{k}": v for k, v in stats.get("config", {}).items()} | ctx.params()
     with step_run("prepare-data", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):
-        log_metrics(_prep_metrics(stats))
+        # counts describe the data (params); the kept share is the one measure (docs/metrics.md)
+        log_params({f"data.{k.replace('/', '.')}": v for k, v in _prep_counts(stats).items()})
+        log_metrics(stage_metrics("data", {"kept_rate": _kept_rate(stats)}))
         mlflow.log_dict(stats, STATS_FILE)
         if (Path(dataset_dir) / DROPS_FILE).exists():
             mlflow.log_artifact(str(Path(dataset_dir) / DROPS_FILE))
 
 
-def _prep_metrics(stats: dict[str, Any]) -> dict[str, float]:
+def _prep_counts(stats: dict[str, Any]) -> dict[str, int]:
     out = {"rows_in": stats["rows_in"], "rows_valid": stats["rows_valid"], "rows_out": stats["rows_out"]}
-    out |= {f"dropped_{reason}": n for reason, n in stats["dropped"].items()}
-    out |= {f"answer_type_{kind}": n for kind, n in stats["answer_types"].items()}
-    return {k: float(v) for k, v in out.items()}
+    out |= {f"dropped/{reason}": n for reason, n in stats["dropped"].items()}
+    out |= {f"answer_type/{kind}": n for kind, n in stats["answer_types"].items()}
+    return out
+
+
+def _kept_rate(stats: dict[str, Any]) -> float:
+    return stats["rows_out"] / stats["rows_in"] if stats["rows_in"] else 0.0
+
+
+def _prep_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The data prep step's KFP metrics: its counts and kept share, named as in MLflow."""
+    from vigos.tracking import stage_metrics
+
+    return stage_metrics("data", {**_prep_counts(stats), "kept_rate": _kept_rate(stats)})
 
 
 def _prep_markdown(cfg: VigosConfig, stats: dict[str, Any]) -> str:
-    kept = stats["rows_out"] / stats["rows_in"] * 100 if stats["rows_in"] else 0.0
+    kept = _kept_rate(stats) * 100
     lines = [
         "# Data prep",
         "",
@@ -257,13 +274,24 @@ def train(
 
     from vigos.config import dump_config
     from vigos.data.prepare import STATS_FILE
-    from vigos.tracking import log_metrics, step_run, tracking_uri, vigos_home
+    from vigos.tracking import (
+        JOURNAL,
+        log_dataset_input,
+        log_metrics,
+        log_params,
+        replay,
+        stage_metrics,
+        step_run,
+        tracking_uri,
+        vigos_home,
+    )
 
     values: dict[str, Any] = {"model.name_or_path": base_model} if base_model else {}
     dataset = volume.resolve(dataset_dir)
     # the data section the run records (adapter's vigos_train_config.json -> card, registry) is the one data prep
     # used, which pipeline parameters may have changed: not the preset's default source
     stats_path = dataset / STATS_FILE
+    stats: dict[str, Any] = {}
     if stats_path.is_file():
         stats = json.loads(stats_path.read_text())
         values |= {"data.source": stats["source"], "data.split": stats["split"]}
@@ -275,9 +303,16 @@ def train(
     if nodes < 1:
         raise VigosError(f"train_nodes must be >= 1, got {nodes}")
     nproc = _processes(gpus) if nodes == 1 else max(gpus, 1) * nodes
-    params = {k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "lora", "train")}
+    params = {k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "lora", "train", "data")}
+    params |= ctx.params()
     with step_run("train", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params) as run:
         mlflow.log_dict(cfg.to_dict(), "config.json")
+        if stats:
+            digest = hashlib.sha256(json.dumps({k: stats.get(k) for k in ("source", "split", "config", "rows_out")},
+                                               sort_keys=True, default=str).encode()).hexdigest()
+            log_dataset_input(Path(stats["source"]).name or stats["source"], stats["source"], stats["split"], digest,
+                              rows=int(stats["rows_out"]),
+                              run_ids=[run.info.run_id, run.data.tags.get("mlflow.parentRunId") or run.info.run_id])
         mlflow.set_tags({"vigos.processes": str(nproc), "vigos.nodes": str(nodes), "vigos.checkpoints": str(work)})
         run_env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": tracking_uri()}
         if nodes > 1:
@@ -289,14 +324,23 @@ def train(
                    "--preset", cfg.preset, "--config", str(config_path)]
             print(f"[vigos] training with {nproc} process(es); checkpoints in {work}", flush=True)
             _run(cmd, {**os.environ, **run_env}, timeout_h, "training")
+        # what a tracking outage kept from MLflow during training is sent now, before the summary (in order)
+        left = replay(work, run.info.run_id)
+        if left:
+            raise VigosError(f"MLflow at {tracking_uri()} did not take {left} training record(s) (kept in "
+                             f"{work / JOURNAL}); retry the step once the server is back: training is not repeated")
         state = json.loads((work / "trainer_state.json").read_text())
+        if state.get("resumed_from"):
+            mlflow.set_tag("vigos.resumed_from_step", str(state["resumed_from"]))
         final = state["history"][-1] if state["history"] else {}
         means = _train_means(state["history"])
-        summary = {f"final_{k}": v for k, v in final.items()} | means | {"steps": state["steps"]}
-        log_metrics(summary)
+        # the per-step history is already in MLflow (train/<name> at every step): add only the run's means
+        log_metrics(stage_metrics("train", means))
+        log_params({"train.steps_done": state["steps"]})
     volume.write_manifest(adapter_dir, work / "adapter", "adapter", extra={"checkpoints": str(work)})
     keys = ("loss", "format_valid_rate", "answer_accuracy", "truncated_rate", "tokens_per_second")
-    metrics = {k: float(final[k]) for k in keys if k in final} | means | {"steps": float(state["steps"])}
+    metrics = stage_metrics("train", {k: final[k] for k in keys if k in final} | means
+                            | {"steps": state["steps"]})
     return StepResult(metrics=metrics, markdown=_train_markdown(cfg, state))
 
 
@@ -324,21 +368,21 @@ def _train_on_nodes(ctx: StepContext, cfg: VigosConfig, dataset: Path, work: Pat
 
 # Averaged over the run's steps for the summary: one step's value says little (a tiny run's last step may hold no
 # well-formed rollout, so its perception/reasoning losses are 0), the run's mean shows which teachers had work.
-_MEAN_KEYS = ("loss", "loss_perception", "loss_reasoning", "loss_ref", "format_valid_rate", "answer_accuracy")
+_MEAN_KEYS = ("loss", "loss_perception", "loss_reasoning", "loss_reference", "format_valid_rate", "answer_accuracy")
 
 
 def _train_means(history: list[dict[str, float]]) -> dict[str, float]:
-    """`mean_<key>` over the steps of this run, for the losses of the three teachers and the rollout rates."""
-    return {f"mean_{k}": sum(h[k] for h in history) / len(history)
+    """`<key>_mean` over the steps of this run, for the losses of the three teachers and the rollout rates."""
+    return {f"{k}_mean": sum(h[k] for h in history) / len(history)
             for k in _MEAN_KEYS if history and all(k in h for h in history)}
 
 
 def _train_markdown(cfg: VigosConfig, state: dict[str, Any]) -> str:
     hist = state["history"]
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
-    mean = {k[len("mean_"):]: v for k, v in _train_means(hist).items()}
+    mean = {k.removesuffix("_mean"): v for k, v in _train_means(hist).items()}
     rows = [("loss", "loss"), ("perception KL", "loss_perception"), ("reasoning KL", "loss_reasoning"),
-            ("reference KL", "loss_ref"), ("format-valid rate", "format_valid_rate"),
+            ("reference KL", "loss_reference"), ("format-valid rate", "format_valid_rate"),
             ("answer accuracy", "answer_accuracy"), ("truncated rate", "truncated_rate"),
             ("completion length", "completion_length"), ("tokens/s", "tokens_per_second")]
     lines = [
@@ -365,7 +409,7 @@ def merge(ctx: StepContext, adapter_dir: str, merged_dir: str, base_model: str =
     checkpoints are deleted (the adapter stays).
     """
     from vigos.merge import merge as merge_model
-    from vigos.tracking import log_metrics, step_run
+    from vigos.tracking import log_metrics, log_params, stage_metrics, step_run
     from vigos.training.trainer import prune_checkpoints as prune
 
     values: dict[str, Any] = {"model.name_or_path": base_model} if base_model else {}
@@ -376,20 +420,23 @@ def merge(ctx: StepContext, adapter_dir: str, merged_dir: str, base_model: str =
     with step_run("merge", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment, params=params):
         r = merge_model(adapter, out, dtype=cfg.model.dtype, base_model=base_model or None,
                         overwrite=True)  # a retried step replaces its own half-written output
-        metrics = {"probe_max_abs_diff": r.max_abs_diff, "probe_allowed_diff": r.allowed_diff,
-                   "shards": float(r.shards), "seconds": r.seconds}
+        measures = {"probe_max_abs_diff": r.max_abs_diff, "probe_allowed_diff": r.allowed_diff,
+                    "duration_seconds": r.seconds}
+        counts = {"shards": r.shards}
         if volume_root:
-            metrics["total_bytes"] = float(volume.write_manifest(merged_dir, out, "merged model")["total_bytes"])
+            counts["total_bytes"] = volume.write_manifest(merged_dir, out, "merged model")["total_bytes"]
         checkpoints = (volume.read_manifest(adapter_dir).get("checkpoints")
                        if (Path(adapter_dir) / volume.MANIFEST).is_file() else None)
         if prune_checkpoints and checkpoints:
-            metrics["checkpoint_bytes_freed"] = float(prune(Path(checkpoints)))
-        log_metrics(metrics)
+            counts["checkpoint_bytes_freed"] = prune(Path(checkpoints))
+        log_metrics(stage_metrics("merge", measures))
+        log_params({f"merge.{k}": v for k, v in counts.items()})
+    metrics = stage_metrics("merge", measures | counts)
     md = (f"# LoRA merge\n\n`{r.base_model}` + adapter -> {r.shards} safetensors shard(s) in `{cfg.model.dtype}`"
           f" in `{out}`.\n\nProbe check: max |merged - adapter-on| logits = {r.max_abs_diff:.3g} "
           f"(allowed {r.allowed_diff:.3g}).\n")
-    if "checkpoint_bytes_freed" in metrics:
-        md += f"\nTraining checkpoints deleted: {metrics['checkpoint_bytes_freed'] / 2**30:.2f} GiB freed.\n"
+    if "checkpoint_bytes_freed" in counts:
+        md += f"\nTraining checkpoints deleted: {counts['checkpoint_bytes_freed'] / 2**30:.2f} GiB freed.\n"
     return StepResult(metrics=metrics, markdown=md)
 
 
@@ -425,11 +472,11 @@ def evaluate(
     import mlflow
 
     from vigos.config import dump_config
-    from vigos.evaluation.metrics import flatten_scores
+    from vigos.evaluation.metrics import tracking_metrics
     from vigos.evaluation.report import REPORT_SETTINGS, write_report
     from vigos.evaluation.run import run_eval
     from vigos.evaluation.score import score_responses
-    from vigos.tracking import log_metrics, step_run, tracking_uri
+    from vigos.tracking import log_metrics, log_params, stage_metrics, step_run, tracking_uri
 
     cfg = ctx.config(eval_values(benchmarks, sources))
     if Path(model_path, volume.MANIFEST).is_file():
@@ -437,10 +484,10 @@ def evaluate(
     out = volume.run_folder(volume_root, ctx.kfp_run_id, f"eval-{label}") if volume_root else Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     nproc = _processes(gpus)
-    params = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"eval.model": model_path,
-                                                                           "prompt.student": cfg.prompt.student}
+    shared = {f"eval.{k}": v for k, v in cfg.to_dict()["eval"].items()} | {"prompt.student": cfg.prompt.student}
+    shared |= ctx.params()
     with step_run(f"evaluate-{label}", kfp_run_id=ctx.kfp_run_id, experiment=cfg.tracking.experiment,
-                  params=params) as run:
+                  params=shared | {"eval.model": model_path}, parent_params=shared) as run:
         if gpus > 0:
             config_path = out / "config.yaml"
             config_path.write_text(dump_config(cfg))
@@ -456,8 +503,11 @@ def evaluate(
                               base_model=cfg.model.name_or_path,
                               run_ids={"KFP run": ctx.kfp_run_id, "MLflow run": run.info.run_id},
                               settings={key: getattr(cfg.eval, key) for key in REPORT_SETTINGS})
-        metrics = {k: float(v) for k, v in flatten_scores(scores).items()}  # every score, breakdowns too
+        scored, counts = tracking_metrics(scores)  # every score, breakdowns too (docs/metrics.md)
+        metrics = stage_metrics("eval", scored)
         log_metrics(metrics)
+        log_params({f"eval.counts.{k.replace('/', '.')}": v for k, v in counts.items()})
+        metrics |= stage_metrics("eval", counts)  # the KFP UI's table shows the counts beside the scores
         for folder in ("responses", "grades", "report"):
             mlflow.log_artifacts(str(out / folder), folder)
         mlflow.log_artifact(str(out / "scores.json"))
@@ -471,9 +521,9 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
     """The run's comparison card: this model vs the base model vs the model card, chart included."""
     import mlflow
 
-    from vigos.evaluation.metrics import flatten_scores
+    from vigos.evaluation.metrics import tracking_metrics
     from vigos.evaluation.report import REPORT_SETTINGS, write_report
-    from vigos.tracking import log_metrics, step_run
+    from vigos.tracking import log_metrics, stage_metrics, step_run
 
     cfg = ctx.config()
     scores = json.loads((volume.resolve(model_eval_dir) / "scores.json").read_text())
@@ -488,11 +538,10 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
                               run_ids={"KFP run": ctx.kfp_run_id, "MLflow run": run.info.run_id,
                                        "MLflow pipeline run": run.data.tags.get("mlflow.parentRunId", "")},
                               settings={key: getattr(cfg.eval, key) for key in REPORT_SETTINGS})
-        metrics = {f"model.{k}": float(v) for k, v in flatten_scores(scores).items()}
-        metrics |= {f"base.{k}": float(v) for k, v in flatten_scores(base).items()}
-        if scores.get("mean") and base.get("mean"):
-            metrics["delta.mean.pass_at_k"] = scores["mean"]["pass_at_k"] - base["mean"]["pass_at_k"]
-            metrics["delta.mean.avg_at_k"] = scores["mean"]["avg_at_k"] - base["mean"]["avg_at_k"]
+        model, base_metrics = tracking_metrics(scores)[0], tracking_metrics(base)[0]
+        metrics = stage_metrics("model", model) | stage_metrics("base", base_metrics)
+        metrics |= stage_metrics("delta", {k: v - base_metrics[k] for k, v in model.items()
+                                           if k.startswith("mean/") and k in base_metrics})
         log_metrics(metrics)
         mlflow.log_artifacts(str(folder), "eval-report")
         # the pipeline's parent run carries the headline numbers and the card too
@@ -501,9 +550,8 @@ def eval_report(ctx: StepContext, model_eval_dir: str, base_eval_dir: str, html_
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient()
-            for key in ("model.mean.pass_at_k", "model.mean.avg_at_k", "base.mean.pass_at_k", "base.mean.avg_at_k"):
-                if key in metrics:
-                    client.log_metric(parent, key, metrics[key])
+            for key in [k for k in metrics if k.split("/")[1:2] == ["mean"]]:  # model/mean/pass_at_5, delta/...
+                client.log_metric(parent, key, metrics[key])
             client.log_artifact(parent, str(report.html), "eval-report")
     shutil.copyfile(report.html, html_path)
     return StepResult(metrics=metrics, markdown=report.markdown.read_text().split("![")[0])
@@ -523,7 +571,7 @@ def register(ctx: StepContext, merged_dir: str, eval_dir: str) -> StepResult:
     """
     from vigos.publish.provenance import eval_settings, find_training, merge_record
     from vigos.publish.registry import log_model_dir, register_model_version
-    from vigos.tracking import log_metrics, step_run
+    from vigos.tracking import stage_metrics, step_run
 
     cfg = ctx.config()
     merged = volume.resolve(merged_dir)
@@ -541,9 +589,13 @@ def register(ctx: StepContext, merged_dir: str, eval_dir: str) -> StepResult:
             base_model=merge_info["base_model"], dataset=training.dataset, gate_metric=cfg.publish.gate_metric,
             eval_settings=eval_settings(evaluation),
         )
-        metrics = {"version": float(r.version), "champion_moved": float(r.champion_moved),
-                   "gate_value": float(r.gate_value), "reused": float(r.reused)}
-        log_metrics(metrics)
+        import mlflow
+
+        # what happened is a fact about the run, not a measure: tags (the gate value stays in the version's tags)
+        mlflow.set_tags({"registry.version": str(r.version), "registry.champion_moved": str(r.champion_moved),
+                         "registry.reused": str(r.reused), "registry.decision": r.decision[:5000]})
+        metrics = stage_metrics("register", {"version": r.version, "champion_moved": float(r.champion_moved),
+                                             "reused": float(r.reused)})
     if r.champion_moved:
         outcome = "new champion"
     elif r.previous_champion == r.version:
@@ -568,7 +620,7 @@ def publish_hub(
     from vigos.publish.hub import publish_to_hub
     from vigos.publish.model_card import render_model_card
     from vigos.publish.provenance import eval_settings, merge_record, read_training
-    from vigos.tracking import log_metrics, step_run
+    from vigos.tracking import log_params, stage_metrics, step_run
 
     values: dict[str, Any] = {"publish.hub_repo_id": repo_id} if repo_id else {}
     if private is not None:
@@ -609,8 +661,8 @@ def publish_hub(
         mlflow.log_artifact(str(r.manifest))
         if r.url:
             mlflow.set_tag("hub.url", r.url)
-        metrics = {"files": float(len(r.files)), "dry_run": float(dry_run)}
-        log_metrics(metrics)
+        log_params({"publish.files": len(r.files), "publish.dry_run": dry_run})
+        metrics = stage_metrics("publish", {"files": len(r.files), "dry_run": float(dry_run)})
     if volume_root:
         # the artifact: what would be (or was) uploaded, with sizes and hashes; the files stay on the volume
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)

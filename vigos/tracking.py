@@ -6,13 +6,23 @@ start at the same moment may both create one; both then pick the oldest, and the
 everything lands under a single parent. A step's run is found the same way (`kfp.run_id` + `vigos.step`), so a
 retried step (KFP retry, or a resumed training pod) logs into the run it started instead of a new one.
 
+The parent run carries what a runs table compares: the params every step logs (config sections, pipeline
+inputs), the source commit (`mlflow.source.git.commit`), the training dataset as an input, and the headline scores.
+
+Metric names follow one scheme (docs/metrics.md): `<stage>/<name>` (`train/loss`, `eval/mmmu/pass_at_5`,
+`model/mean/pass_at_5`), every rate and score a fraction in [0, 1], times in seconds with a `_seconds` suffix;
+counts that describe a run (rows, steps, questions) are params, not metrics. `stage_metrics` applies it.
+
 The tracking URI comes from `MLFLOW_TRACKING_URI`; without it, a SQLite store under `.vigos/` (see `vigos_home`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +33,7 @@ TAG_KFP_RUN = "kfp.run_id"
 TAG_ROLE = "vigos.role"
 TAG_STEP = "vigos.step"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_COMMIT = "mlflow.source.git.commit"
 
 
 def vigos_home() -> Path:
@@ -119,9 +130,12 @@ def step_run(
     kfp_run_id: str,
     experiment: str,
     params: dict[str, Any] | None = None,
+    parent_params: dict[str, Any] | None = None,
 ) -> Iterator[Any]:
     """Run the body inside the step's nested MLflow run (active, so `mlflow.log_*` lands there).
 
+    `params` go to the step's run and, unless `parent_params` says otherwise (a step whose params differ between
+    its instances, e.g. the two evaluations' `eval.model`), to the pipeline's parent run too.
     The run is marked FAILED if the body raises, FINISHED otherwise.
     """
     import mlflow
@@ -131,26 +145,80 @@ def step_run(
     parent = parent_run_id(kfp_run_id, experiment)
     tags = {TAG_KFP_RUN: kfp_run_id, TAG_STEP: step, TAG_ROLE: "step", TAG_PARENT: parent}
     run_id = _get_or_create(client, exp_id, tags, run_name=step)
+    commit = source_commit()
+    if commit:
+        client.set_tag(parent, TAG_COMMIT, commit)
+    shared = params if parent_params is None else parent_params
+    if shared:  # the parent's row in the runs table shows every step's settings side by side
+        log_params(shared, run_id=parent)
     with mlflow.start_run(run_id=run_id) as run:
         if params:
             log_params(params)
+        if commit:
+            mlflow.set_tag(TAG_COMMIT, commit)
         mlflow.set_tag("vigos.attempt_started", time.strftime("%Y-%m-%dT%H:%M:%S"))
         yield run
 
 
-def log_params(params: dict[str, Any]) -> None:
-    """Log params, skipping keys already logged with the same value (MLflow refuses to change a param, and a
-    retried step logs them again)."""
+@functools.cache
+def source_commit() -> str | None:
+    """The commit of the code that runs: `VIGOS_GIT_COMMIT` (baked into the images by `make images`), else the
+    checkout this package is imported from (`-dirty` when it has uncommitted changes), else None."""
+    baked = os.environ.get("VIGOS_GIT_COMMIT", "").strip()
+    if baked and baked != "unknown":
+        return baked
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def log_dataset_input(name: str, source: str, split: str, digest: str, *, rows: int, run_ids: list[str],
+                      context: str = "training") -> None:
+    """Record the dataset a run used as an MLflow dataset input (the UI's "Datasets used" column): its name, where
+    it came from and a digest of its settings, on each of `run_ids` (the step's run and the pipeline's parent)."""
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import ColSpec, Schema
+
+    schema = Schema([ColSpec("string", "problem"), ColSpec("string", "answer"), ColSpec("binary", "images")])
+    # the source as `datasets.load_dataset` takes it (a Hub id or a folder): what data prep read
+    dataset = MetaDataset(HuggingFaceDatasetSource(source, split=split), name=name, digest=digest[:36], schema=schema)
+    entity = dataset._to_mlflow_entity()
+    tags = [InputTag("mlflow.data.context", context), InputTag("vigos.rows", str(rows))]
+    client = _client()
+    for run_id in run_ids:
+        client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+
+
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log params to `run_id` (default: the active run), skipping keys already logged with the same value (MLflow
+    refuses to change a param, and a retried step logs them again); a changed value becomes a
+    `param_changed.<key>` tag."""
     import mlflow
 
-    run = mlflow.active_run()
-    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
-    fresh = {k: _param_value(v) for k, v in params.items() if k not in existing}
-    changed = {k: v for k, v in params.items() if k in existing and existing[k] != _param_value(v)}
+    _log_params_to(_client(), run_id or mlflow.active_run().info.run_id, params)
+
+
+def _log_params_to(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param, RunTag
+
+    existing = client.get_run(run_id).data.params
+    values = {k: _param_value(v) for k, v in params.items()}
+    fresh = [Param(k, v) for k, v in values.items() if k not in existing]
+    changed = [RunTag(f"param_changed.{k}", v) for k, v in values.items() if k in existing and existing[k] != v]
+    for i in range(0, len(fresh), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=fresh[i:i + 100])
     if changed:
-        mlflow.set_tags({f"param_changed.{k}": _param_value(v) for k, v in changed.items()})
-    if fresh:
-        mlflow.log_params(fresh)
+        client.log_batch(run_id, tags=changed)
 
 
 def _param_value(v: Any) -> str:
@@ -158,13 +226,23 @@ def _param_value(v: Any) -> str:
     return s[:6000]
 
 
+def stage_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """`{name: value}` -> `{"<stage>/<name>": value}` for the finite numbers (the scheme in the module docstring;
+    names inside may already hold `/`, e.g. `mmmu/pass_at_5`)."""
+    import math
+
+    return {f"{stage}/{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log the numeric entries of `metrics` (nested dicts flattened with '.')."""
+    """Log the finite numeric entries of `metrics` (already named by the scheme) to the active run."""
+    import math
+
     import mlflow
 
-    from vigos.config import flatten_dict
-
-    flat = {k: float(v) for k, v in flatten_dict(metrics) if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat = {k: float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
     if flat:
         mlflow.log_metrics(flat, step=step)
 
@@ -187,3 +265,201 @@ def step_runs(kfp_run_id: str, experiment: str) -> list:
     if exp is None:
         return []
     return _find_runs(client, exp.experiment_id, {TAG_KFP_RUN: kfp_run_id, TAG_ROLE: "step"})
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tracking that never blocks a long job
+
+
+JOURNAL = "mlflow-journal.jsonl"
+"""Every record a `BackgroundLogger` was given, in order, one JSON line each; beside it `<JOURNAL>.sent` holds the
+sequence number of the last record the server acknowledged, and `mlflow-run.json` the run they belong to."""
+RUN_FILE = "mlflow-run.json"
+FLUSH_ENV = "VIGOS_TRACKING_FLUSH_S"
+"""Seconds a finishing job waits for an unreachable server before leaving the rest in the journal (default 120)."""
+
+
+def quick_failing_client_env() -> None:
+    """Make this process's MLflow HTTP calls fail in seconds instead of retrying for minutes (MLflow's defaults:
+    120 s timeout, 7 retries with back-off), unless the user set them: `BackgroundLogger` retries on its own."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+class BackgroundLogger:
+    """Metrics and artifacts of one MLflow run, sent by a background thread, so the job never waits for the server.
+
+    `log_metrics` / `log_artifact` append the record to a local journal (`folder/JOURNAL`) and return; the thread
+    sends records in order, one at a time, and on a failure (server away, timeout, 5xx) keeps the record and
+    retries with jittered exponential back-off up to `retry_max_s`. `close` waits at most `flush_s` for the rest;
+    what is still unsent stays in the journal and is sent, in order and once, by the next `BackgroundLogger` on
+    the same folder (a resumed job, or `replay` at the end of the DAG step). Without a run id the run is created
+    on first contact (in `experiment`) and remembered in `folder/RUN_FILE`, so a rerun logs into the same run.
+    """
+
+    def __init__(self, folder: Path, run_id: str | None = None, *, experiment: str = "vigos",
+                 run_name: str = "train", retry_max_s: float = 30.0) -> None:
+        import collections
+        import threading
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.journal = self.folder / JOURNAL
+        self.sent_file = self.folder / (JOURNAL + ".sent")
+        self.experiment, self.run_name, self.retry_max_s = experiment, run_name, retry_max_s
+        self.uri = tracking_uri()  # fixed for the job's life: the thread never reads the environment again
+        self.run_id = run_id or self._remembered_run()
+        if run_id:
+            self._remember_run(run_id)
+        self._sent = int(self.sent_file.read_text() or 0) if self.sent_file.is_file() else 0
+        self._pending: collections.deque[dict[str, Any]] = collections.deque(self._unsent())
+        self._seq = self._pending[-1]["seq"] if self._pending else self._sent
+        self._cond = threading.Condition()
+        self._closing = False
+        self.failures = 0  # consecutive failed sends (0 while the server answers)
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._work, name="vigos-tracking", daemon=True)
+        self._thread.start()
+
+    # -- the job's side: never blocks on the network
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import math
+
+        values = {k: float(v) for k, v in metrics.items()
+                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        if values:
+            self._append({"kind": "metrics", "step": step or 0, "metrics": values})
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self._append({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._append({"kind": "params", "params": {k: _param_value(v) for k, v in params.items()}})
+
+    def close(self, status: str | None = None, flush_s: float | None = None) -> int:
+        """Queue the run's end (`status`: FINISHED / FAILED / KILLED, None to leave it to the caller), wait up to
+        `flush_s` (default `$VIGOS_TRACKING_FLUSH_S` or 120) for the server; returns the records left unsent."""
+        if status:
+            self._append({"kind": "end", "status": status})
+        deadline = time.monotonic() + (float(os.environ.get(FLUSH_ENV, "120")) if flush_s is None else flush_s)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while self._pending and time.monotonic() < deadline:
+                self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            left = len(self._pending)
+            self._pending.clear()  # they stay in the journal; the thread stops
+            self._cond.notify_all()
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        if left:
+            print(f"[vigos] warning: MLflow unreachable ({self.last_error or 'no answer'}); {left} tracking "
+                  f"record(s) kept in {self.journal}: they are sent when the job runs again on this folder "
+                  "(the DAG step does it at its end)", flush=True)
+        return left
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with self._cond:
+            self._seq += 1
+            record = {"seq": self._seq, "ts": int(time.time() * 1000), **record}
+            with open(self.journal, "a") as f:  # before the send: a crash loses nothing already logged
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self._pending.append(record)
+            self._cond.notify_all()
+
+    # -- the thread's side
+
+    def _work(self) -> None:
+        import random
+
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                record = self._pending[0]
+            try:
+                self._send(record)
+            except Exception as e:  # noqa: BLE001 - any failure of the server or the network: keep and retry
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                wait = min(self.retry_max_s, 0.5 * 2 ** min(self.failures, 16)) * random.uniform(0.5, 1.0)
+                with self._cond:
+                    if self._pending and self._pending[0] is record:
+                        self._cond.wait(timeout=wait)  # close() wakes it for a last try
+                continue
+            self.failures = 0
+            with self._cond:
+                if self._pending and self._pending[0] is record:
+                    self._pending.popleft()
+                self._sent = record["seq"]
+                _atomic_text(self.sent_file, str(self._sent))
+                self._cond.notify_all()
+
+    def _send(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        if self.run_id is None:
+            experiment_id = _experiment_id(client, self.experiment)
+            commit = source_commit()
+            run = client.create_run(experiment_id, run_name=self.run_name, tags={TAG_COMMIT: commit} if commit else {})
+            self._remember_run(run.info.run_id)
+        kind = record["kind"]
+        if kind == "metrics":
+            metrics = [Metric(k, v, record["ts"], record["step"]) for k, v in record["metrics"].items()]
+            for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+                client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        elif kind == "artifact":
+            if Path(record["path"]).exists():  # a rollout sample deleted since is not worth a stuck queue
+                client.log_artifact(self.run_id, record["path"], record.get("artifact_path"))
+        elif kind == "params":
+            _log_params_to(client, self.run_id, record["params"])
+        elif kind == "end":
+            client.set_terminated(self.run_id, status=record["status"], end_time=record["ts"])
+
+    # -- the journal
+
+    def _unsent(self) -> list[dict[str, Any]]:
+        if not self.journal.is_file():
+            return []
+        out = []
+        for line in self.journal.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a crash mid-write: nothing after it was acknowledged either
+                continue
+            if record.get("seq", 0) > self._sent:
+                out.append(record)
+        return out
+
+    def _remembered_run(self) -> str | None:
+        path = self.folder / RUN_FILE
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()).get("run_id")
+            except ValueError:
+                return None
+        return None
+
+    def _remember_run(self, run_id: str) -> None:
+        self.run_id = run_id
+        _atomic_text(self.folder / RUN_FILE, json.dumps({"run_id": run_id, "tracking_uri": self.uri}))
+
+
+def replay(folder: Path, run_id: str | None = None, flush_s: float = 60.0) -> int:
+    """Send what a job left unsent in `folder`'s journal (the DAG step calls it once training has ended);
+    returns the records still unsent."""
+    if not (Path(folder) / JOURNAL).is_file():
+        return 0
+    return BackgroundLogger(folder, run_id).close(flush_s=flush_s)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

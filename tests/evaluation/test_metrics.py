@@ -3,7 +3,14 @@
 import pytest
 
 from vigos.errors import VigosError
-from vigos.evaluation.metrics import MAIN_BENCHMARKS, compute_scores, flatten_scores, pass_avg, vilp_scores
+from vigos.evaluation.metrics import (
+    MAIN_BENCHMARKS,
+    compute_scores,
+    flatten_scores,
+    pass_avg,
+    tracking_metrics,
+    vilp_scores,
+)
 
 
 def rows(bench, grid, meta=None, grader="rules"):
@@ -156,3 +163,20 @@ def test_avg_at_k_standard_error_treats_questions_as_clusters():
     assert s["benchmarks"]["cv-bench"]["avg_at_k_se"] == pytest.approx(17.004, abs=1e-3)
     assert "avg_at_k_se" not in s["benchmarks"]["cv-bench"]["sources"]["COCO"]  # breakdowns keep their keys
     assert flatten_scores(s)["cv-bench.avg_at_k_se"] == pytest.approx(17.004, abs=1e-3)
+
+
+def test_tracking_names_carry_k_and_every_score_is_a_fraction():
+    """docs/metrics.md: `<benchmark>/pass_at_<k>` as a fraction, `_stderr` for the standard error, counts apart."""
+    vilp = [{"benchmark": "vilp-f", "example_id": f"v{i}", "sample_index": 0, "correct": i % 2 == 0,
+             "meta": {"position": i % 3 + 1}} for i in range(6)]
+    scores = compute_scores(cv_rows() + rows("mmmu", {"q1": [1, 0], "q2": [0, 0]}) + vilp, "rules")
+    metrics, counts = tracking_metrics(scores)
+    assert metrics["mmmu/pass_at_2"] == pytest.approx(0.5) and metrics["mmmu/avg_at_2"] == pytest.approx(0.25)
+    assert metrics["cv-bench/official/pass_at_2"] == pytest.approx(0.625)
+    assert metrics["cv-bench/sources/COCO/avg_at_2"] == pytest.approx(1.0)
+    assert metrics["cv-bench/avg_at_2_stderr"] == pytest.approx(flatten_scores(scores)["cv-bench.avg_at_k_se"] / 100)
+    assert metrics["mean/pass_at_2"] == pytest.approx((0.5 + 400 / 700) / 2)
+    assert "vilp-f/score" in metrics and "vilp-f/by_position/1/accuracy" in metrics
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert counts["mmmu/n_examples"] == 2 and counts["cv-bench/sources/COCO/n_examples"] == 1
+    assert not [k for k in (*metrics, *counts) if "_at_k" in k or k.endswith("/k")]

@@ -32,16 +32,24 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
     prep = by_name["prepare-data"]
-    m = prep.data.metrics
+    m = prep.data.params  # counts describe the data: params (docs/metrics.md)
     planted = sum(PLANTED_DROPS.values())  # the demo data carries planted bad rows; prep drops exactly those
-    assert m["rows_in"] == 48 + planted and m["rows_valid"] == 48
-    assert m["rows_out"] == 48  # the tiny preset keeps at most 64
+    assert m["data.rows_in"] == str(48 + planted) and m["data.rows_valid"] == "48"
+    assert m["data.rows_out"] == "48"  # the tiny preset keeps at most 64
     for reason, n in PLANTED_DROPS.items():
-        assert m[f"dropped_{reason}"] == n
+        assert m[f"data.dropped.{reason}"] == str(n)
     assert prep.data.params["data.source"].endswith("synthetic-48-0")
+    assert prep.data.metrics == {"data/kept_rate": pytest.approx(48 / (48 + planted))}
     stats_file = client.download_artifacts(prep.info.run_id, "stats.json", str(tmp_path))
     stats = json.loads(open(stats_file).read())
-    assert stats["rows_out"] == m["rows_out"]
+    assert stats["rows_out"] == 48
+    # the parent run is a row of the runs table worth comparing: settings, source commit, training data
+    assert parent.data.params["preset"] == "tiny" and parent.data.params["lora.r"] == "8"
+    assert parent.data.params["data.source"].endswith("synthetic-48-0") and "eval.k" in parent.data.params
+    assert "eval.model" not in parent.data.params  # it differs between the two evaluations: theirs only
+    assert parent.data.tags.get("mlflow.source.git.commit") == tracking.source_commit()
+    (used,) = parent.inputs.dataset_inputs
+    assert used.dataset.name == "synthetic-48-0" and {t.key: t.value for t in used.tags}["vigos.rows"] == "48"
 
     # the KFP outputs: manifests of the data on the shared volume (a local folder here), the Markdown card
     runs = sorted(result.outputs_dir.glob("vigos-*"))
@@ -81,18 +89,21 @@ def test_failed_step_marks_the_run_failed(tracking_env, capsys):
 def _check_train(client, train_run, run_dir, tmp_path):
     """What the train step left in MLflow and in its KFP outputs."""
     metrics = train_run.data.metrics
-    for key in ("loss", "loss_perception", "loss_reasoning", "loss_ref", "grad_norm", "learning_rate",
+    for key in ("loss", "loss_perception", "loss_reasoning", "loss_reference", "grad_norm", "learning_rate",
                 "format_valid_rate", "answer_accuracy", "truncated_rate", "completion_length",
-                "clipped_token_fraction_reference", "time_rollout", "time_teachers", "time_student",
-                "time_optimizer", "tokens_per_second", "final_loss", "mean_loss_perception", "mean_loss_reasoning",
-                "mean_loss_ref", "mean_format_valid_rate"):
-        assert key in metrics, key
-    steps = [m.step for m in client.get_metric_history(train_run.info.run_id, "loss")]
+                "clipped_token_fraction_reference", "rollout_seconds", "teachers_seconds", "student_seconds",
+                "optimizer_seconds", "tokens_per_second", "loss_perception_mean", "loss_reasoning_mean",
+                "loss_reference_mean", "format_valid_rate_mean"):
+        assert f"train/{key}" in metrics, key
+    assert not [k for k in metrics if not k.startswith("train/") or "final" in k]  # one scheme, no duplicates
+    steps = [m.step for m in client.get_metric_history(train_run.info.run_id, "train/loss")]
     assert steps == [1, 2, 3, 4]  # every optimizer step of the tiny preset
+    assert train_run.data.params["train.steps_done"] == "4"
+    assert [d.dataset.name for d in train_run.inputs.dataset_inputs] == ["synthetic-48-0"]
     # The demo exercises the method: its warmed-up base writes the ViGOS format some of the time, so some rollouts
     # are well formed (perception and reasoning teachers) and some are not (reference teacher).
-    losses = {"perception": "loss_perception", "reasoning": "loss_reasoning", "reference": "loss_ref"}
-    keys = [*losses.values(), "format_valid_rate", *(f"clipped_token_fraction_{k}" for k in losses)]
+    losses = {k: f"train/loss_{k}" for k in ("perception", "reasoning", "reference")}
+    keys = [*losses.values(), "train/format_valid_rate", *(f"train/clipped_token_fraction_{k}" for k in losses)]
     history = {k: [m.value for m in sorted(client.get_metric_history(train_run.info.run_id, k), key=lambda m: m.step)]
                for k in keys}
     for key in losses.values():
@@ -101,11 +112,11 @@ def _check_train(client, train_run, run_dir, tmp_path):
     # each one scored tokens (loss > 0) and not all of them were clipped (a token whose KL reaches the clip gives
     # no gradient; before the warm-up covered the teachers' contexts, the perception teacher clipped all of them)
     for segment, loss in losses.items():
-        per_step = zip(history[loss], history[f"clipped_token_fraction_{segment}"], strict=True)
+        per_step = zip(history[loss], history[f"train/clipped_token_fraction_{segment}"], strict=True)
         assert any(v > 0 and fraction < 1 for v, fraction in per_step), (segment, history)
-    valid = history["format_valid_rate"]
+    valid = history["train/format_valid_rate"]
     assert 0 < sum(valid) / len(valid) < 1, valid  # equal rollouts per step: the run's share of valid rollouts
-    assert metrics["mean_format_valid_rate"] == pytest.approx(sum(valid) / len(valid))
+    assert metrics["train/format_valid_rate_mean"] == pytest.approx(sum(valid) / len(valid))
     assert train_run.data.params["train.method"] == "vigos" and train_run.data.params["lora.r"] == "8"
     samples = [a.path for a in client.list_artifacts(train_run.info.run_id, "rollouts")]
     assert samples == ["rollouts/step-000002.jsonl", "rollouts/step-000004.jsonl"]
@@ -124,16 +135,20 @@ def _check_eval(client, by_name, run_dir, parent):
     for name in ("evaluate-base", "evaluate-model"):
         run = by_name[name]
         m = run.data.metrics
-        assert {"mean.pass_at_k", "mean.avg_at_k", "cv-bench.pass_at_k", "vilp-f.score", "vilp-p.prior"} <= set(m)
+        assert {"eval/mean/pass_at_5", "eval/mean/avg_at_5", "eval/cv-bench/pass_at_5", "eval/cv-bench/avg_at_5_stderr",
+                "eval/vilp-f/score", "eval/vilp-p/prior"} <= set(m)
+        assert all(0 <= v <= 1 for v in m.values()), m  # every score a fraction
+        assert int(run.data.params["eval.counts.cv-bench.n_examples"]) > 0  # counts are params
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"responses", "grades", "report", "scores.json"} <= artifacts
         responses = {a.path for a in client.list_artifacts(run.info.run_id, "responses")}
         assert "responses/cv-bench.jsonl" in responses
     report = by_name["eval-report"]
-    assert "delta.mean.pass_at_k" in report.data.metrics
+    assert {"delta/mean/pass_at_5", "model/mean/pass_at_5", "base/mmmu/avg_at_5"} <= set(report.data.metrics)
     files = {a.path for a in client.list_artifacts(report.info.run_id, "eval-report")}
     assert {"eval-report/eval_chart.png", "eval-report/eval_report.html"} <= files
-    assert "model.mean.pass_at_k" in client.get_run(parent.info.run_id).data.metrics
+    assert {"model/mean/pass_at_5", "base/mean/avg_at_5", "delta/mean/pass_at_5"} <= set(
+        client.get_run(parent.info.run_id).data.metrics)
     html = (run_dir / "eval-report" / "report").read_text()
     assert "data:image/png;base64," in html and "ViGOS-7B card" in html
     evaluation = volume.resolve(run_dir / "evaluate-model" / "evaluation")
@@ -151,13 +166,13 @@ def _check_publish(client, by_name, run_dir):
     assert version.tags["kfp.run_id"] == by_name["register"].data.tags["kfp.run_id"]
     assert "score.mean.pass_at_k" in version.tags
     hub = by_name["publish-hub"]
-    assert hub.data.metrics["dry_run"] == 1.0
+    assert hub.data.params["publish.dry_run"] == "True"
     # the registered model loads from the tracking server, as the README says
     import mlflow
 
     local = mlflow.artifacts.download_artifacts("models:/vigos-tiny-demo@champion")
     assert (Path(local) / "config.json").exists() and list(Path(local).glob("*.safetensors"))
-    assert by_name["merge"].data.metrics["checkpoint_bytes_freed"] > 0
+    assert int(by_name["merge"].data.params["merge.checkpoint_bytes_freed"]) > 0
     hub_artifact = run_dir / "publish-hub" / "hub_folder"
     assert (hub_artifact / "upload_manifest.json").exists()  # what would be uploaded, listed
     staged = volume.resolve(hub_artifact) / "upload"

@@ -78,14 +78,14 @@ def test_register_step_tags_training_data_and_gates_like_with_like(ctx_for, tmp_
         row["n_examples"] = 10
     easy = _evaluation(tmp_path / "run-2" / "eval", subset, {**SETTINGS, "student_prompt": "model-card"})
     r2 = steps.register(ctx_for("run-2"), str(merged2), str(easy))
-    assert r2.metrics["champion_moved"] == 0.0 and r2.metrics["version"] == 2.0
+    assert r2.metrics["register/champion_moved"] == 0.0 and r2.metrics["register/version"] == 2.0
     assert "champion stays version 1" in r2.markdown
     assert ("Why: evaluation settings differ from champion v1's: student_prompt model-card vs release; "
             "bench.cv-bench.n_examples 10 vs 100; bench.mathverse.n_examples 10 vs 100 (+8 more): not comparable, "
             "candidate only.") in r2.markdown
     assert client.get_model_version(ctx_for.name, "2").tags["vigos.dataset"] == "org/my-data"
     again = steps.register(ctx_for("run-2"), str(merged2), str(easy))  # a retried step reuses its version
-    assert again.metrics["reused"] == 1.0 and again.metrics["version"] == 2.0
+    assert again.metrics["register/reused"] == 1.0 and again.metrics["register/version"] == 2.0
 
 
 def test_register_step_without_the_adapters_records_is_one_line(ctx_for, tmp_path, capsys):
@@ -113,7 +113,7 @@ def test_publish_hub_step_card_is_the_runs_own(ctx_for, tmp_path):
     base_eval = _evaluation(tmp_path / "eval-base", card_scores(shift=3), SETTINGS)
     r = steps.publish_hub(ctx_for("run-1"), str(merged), str(adapter), str(evaluation), str(base_eval),
                           str(tmp_path / "staging"))
-    assert r.metrics["dry_run"] == 1.0
+    assert r.metrics["publish/dry_run"] == 1.0
     card = (tmp_path / "staging" / "upload" / "README.md").read_text()
     assert str(tmp_path) not in card  # no local path of the pipeline reaches the card
     front = card.split("---\n", 2)[1]

@@ -155,7 +155,7 @@ def test_loss_falls_on_fixed_rollouts(tiny_model_dir, prepared, tmp_path, capsys
     assert len(losses) == 20
     h0 = result.history[0]
     # both kinds of rollout reached their teachers: perception + reasoning (valid), reference (invalid)
-    assert h0["loss_perception"] > 0 and h0["loss_reasoning"] > 0 and h0["loss_ref"] > 0
+    assert h0["loss_perception"] > 0 and h0["loss_reasoning"] > 0 and h0["loss_reference"] > 0
     assert h0["format_valid_rate"] == 0.5
     assert sum(losses[-3:]) < 0.5 * sum(losses[:3]), losses
     # plain lines for logs (no terminal bar here): one every train.logging_steps (1), then the final save

@@ -284,6 +284,32 @@ def flatten_scores(scores: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+PERCENT_LEAVES = {"pass_at_k": "pass_at_{k}", "avg_at_k": "avg_at_{k}", "avg_at_k_se": "avg_at_{k}_stderr",
+                  "score": "score", "prior": "prior", "accuracy": "accuracy"}
+"""Scores JSON leaves that are percentages, and their MLflow names (lm-evaluation-harness style: the k in the name,
+`_stderr` for a standard error; `pass_at_5`, not `pass@5`, as MLflow refuses `@` in a metric name)."""
+
+
+def tracking_metrics(scores: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
+    """A Scores JSON in the tracking scheme (`vigos.tracking`): (metrics, counts).
+
+    metrics: `{"mmmu/pass_at_5": 0.72, "cv-bench/sources/COCO/avg_at_5": 0.5, "vilp-f/score": 0.61, ...}`,
+    every score a fraction in [0, 1] (the Scores JSON's percent / 100); counts: the other numeric leaves
+    (`mmmu/n_examples`, `mm-vet/ungraded_by_judge`, ...), logged as params.
+    """
+    k = next((row.get("k") for _, row in score_rows(scores) if row.get("k")), None)
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for key, value in flatten_scores(scores).items():
+        *path, leaf = key.split(".")
+        if leaf in PERCENT_LEAVES:
+            name = PERCENT_LEAVES[leaf].format(k=k if k is not None else "k")
+            metrics["/".join([*path, name])] = value / 100.0
+        elif leaf != "k":  # k is in the names
+            counts["/".join([*path, leaf])] = int(value)
+    return metrics, counts
+
+
 def _numeric_leaves(node: Any, prefix: str) -> Iterator[tuple[str, float]]:
     if isinstance(node, Mapping):
         for key, value in node.items():

@@ -2,7 +2,9 @@
 `deepspeed` launcher (which appends `--local_rank=N` to argv; the rank comes from the environment either way).
 
 Rank 0 logs to MLflow: into the run named by `MLFLOW_RUN_ID` (the DAG step's nested run, opened by the parent
-process), or, run by hand, into a new run of the configured experiment.
+process), or, run by hand, into the run this output folder was first trained under (created on first contact).
+Through `vigos.tracking.BackgroundLogger`: training never waits for the tracking server, and what an outage kept
+from it is sent later, in order (metric names: `train/<name>`, docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -16,22 +18,6 @@ import typer
 from vigos.config import PRESETS, load_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-class MlflowLogger:
-    """Rank 0's metrics and artifacts go to the active MLflow run."""
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import math
-
-        import mlflow
-
-        mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=step)
-
-    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        import mlflow
-
-        mlflow.log_artifact(path, artifact_path)
 
 
 def check_inputs(cfg, dataset: Path, output: Path, world_size: int | None = None) -> None:
@@ -89,21 +75,39 @@ def _run_training(cfg, dataset: Path, output: Path, *, interrupt_after_step: int
         trainer = ViGOSTrainer(cfg, dataset, output, interrupt_after_step=interrupt_after_step)
         return trainer.train().adapter_dir, None
 
-    import mlflow
+    from vigos.tracking import BackgroundLogger, quick_failing_client_env
 
-    from vigos.tracking import tracking_uri, use_experiment
-
-    mlflow.set_tracking_uri(tracking_uri())
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        # not mlflow.set_experiment(name): on a local SQLite store that puts the artifacts in ./mlruns
-        use_experiment(cfg.tracking.experiment)
-    with mlflow.start_run(run_name="train") as run:  # resumes MLFLOW_RUN_ID when set
-        trainer = ViGOSTrainer(cfg, dataset, output, logger=MlflowLogger(),
+    quick_failing_client_env()
+    tracker = BackgroundLogger(output, os.environ.get("MLFLOW_RUN_ID") or None,
+                               experiment=cfg.tracking.experiment, run_name="train")
+    by_hand = not os.environ.get("MLFLOW_RUN_ID")  # the DAG step ends its own run
+    if by_hand:  # the DAG step logs these itself
+        tracker.log_params({k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "lora", "train", "data")}
+                           | {"preset": cfg.preset, "dataset": str(dataset)})
+    try:
+        trainer = ViGOSTrainer(cfg, dataset, output, logger=_Prefixed(tracker, "train"),
                                interrupt_after_step=interrupt_after_step)
         result = trainer.train()
-        if result.resumed_from:
-            mlflow.set_tag("vigos.resumed_from_step", str(result.resumed_from))
-    return result.adapter_dir, run.info.run_id
+    except BaseException:
+        tracker.close("FAILED" if by_hand else None)
+        raise
+    tracker.close("FINISHED" if by_hand else None)
+    if result.resumed_from:
+        print(f"[vigos] resumed from step {result.resumed_from}", flush=True)
+    return result.adapter_dir, tracker.run_id
+
+
+class _Prefixed:
+    """The trainer's metric names in the tracking scheme: `train/<name>` (docs/metrics.md)."""
+
+    def __init__(self, tracker, stage: str) -> None:
+        self.tracker, self.stage = tracker, stage
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.tracker.log_metrics({f"{self.stage}/{k}": v for k, v in metrics.items()}, step)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(path, artifact_path)
 
 
 @app.command()

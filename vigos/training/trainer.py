@@ -376,7 +376,7 @@ class ViGOSTrainer:
         step_time = sum(timings.values())
         metrics = {  # micro-step means over the micro-steps that held rows (`active` >= 1)
             "loss": sums["loss"] / active,
-            **{f"loss_{k}": sums[f"loss_{k}"] / active for k in ("perception", "reasoning", "ref")},
+            **{f"loss_{k}": sums[f"loss_{k}"] / active for k in SEGMENTS},
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "learning_rate": float(lr),
             "format_valid_rate": valid / max(n, 1),
@@ -387,7 +387,7 @@ class ViGOSTrainer:
             "reasoning_length": reas_tok / max(valid, 1),
             "skipped_rows": skipped_all,
             **{f"clipped_token_fraction_{k}": sums[f"clipped_{k}"] / max(sums[f"tokens_{k}"], 1) for k in SEGMENTS},
-            **{f"time_{k}": v for k, v in timings.items()},
+            **{f"{k}_seconds": v for k, v in timings.items()},
             "tokens_per_second": comp_tok / max(step_time, 1e-9) / self.dist.world_size,
         }
         if self.dist.is_main and self.t.sample_log_steps > 0 and (step + 1) % self.t.sample_log_steps == 0:
@@ -423,8 +423,8 @@ class ViGOSTrainer:
              *[float(terms[k].num_clipped) if k in terms else 0.0 for k in SEGMENTS]], dtype=torch.float64
         )
         g = all_reduce_sum(local).tolist()
-        # OPSD routes its one teacher through the "reference" slot with forward KL; report it as loss_ref
-        out = {"loss": g[0], "loss_perception": g[1], "loss_reasoning": g[2], "loss_ref": g[3]}
+        # OPSD routes its one teacher through the "reference" slot with forward KL; report it as loss_reference
+        out = {"loss": g[0], "loss_perception": g[1], "loss_reasoning": g[2], "loss_reference": g[3]}
         for i, k in enumerate(SEGMENTS):
             out[f"clipped_{k}"] = g[4 + i]
             out[f"tokens_{k}"] = counts[i].item()
