@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from vigos.errors import VigosError
+from vigos.errors import VigosError, disk_error
 
 app = typer.Typer(
     name="vigos",
@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug or _state["debug"]:
             raise
         typer.secho(f"error: {_one_line(e)}", fg="red", err=True)
+        sys.exit(2)
+    except OSError as e:  # a full or read-only disk met by a write no library call wraps (the file is named)
+        if debug or _state["debug"] or (disk := disk_error(e)) is None:
+            raise
+        typer.secho(f"error: {_one_line(disk)}", fg="red", err=True)
         sys.exit(2)
     except usage_errors as e:
         if debug or _state["debug"]:

@@ -41,6 +41,10 @@ class DataConfig:
     """Keep at most this many rows after filtering (seeded shuffle first); None keeps all."""
     min_image_size: int = 3
     """Rows whose first image is smaller than this many pixels on either side are dropped."""
+    max_image_pixels: int = 50_000_000
+    """Rows whose first image has more pixels (width x height, read from its header, never decoded) are dropped as
+    `huge_image`: a 60 KB PNG can decode to gigabytes. 50 M is about 7000 x 7000, four times what the processor's
+    default `model.max_pixels` keeps; at most 178,956,970 (beyond it PIL itself refuses to open an image)."""
     seed: int = 42
     num_proc: int = 1
     """Worker processes for decoding/validating rows."""
@@ -272,6 +276,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 RANGES: dict[str, str] = {
     "data.max_samples": ">= 1",
     "data.min_image_size": ">= 0",
+    "data.max_image_pixels": "[1, 178956970]",
     "data.num_proc": ">= 1",
     "model.min_pixels": ">= 1",
     "model.max_pixels": ">= 1",

@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from vigos.errors import VigosError
+from vigos.errors import VigosError, disk_writes
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # allowed max |merged - adapter-on| on the probe = max(SCALE_TOL * max|adapter-on|, EFFECT_TOL * max|adapter effect|)
@@ -112,9 +112,12 @@ def merge(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
+    # the merged weights in `dtype` are what the scratch folder needs; a full disk names it, not safetensors' internals
+    needed = sum(p.numel() for p in merged.parameters()) * torch.empty((), dtype=getattr(torch, dtype)).element_size()
     try:
-        merged.save_pretrained(scratch, max_shard_size=max_shard_size, safe_serialization=True)
-        processor.save_pretrained(scratch)
+        with disk_writes(out.parent, needed=needed):
+            merged.save_pretrained(scratch, max_shard_size=max_shard_size, safe_serialization=True)
+            processor.save_pretrained(scratch)
         try:
             GenerationConfig.from_pretrained(base).save_pretrained(scratch)
         except OSError:

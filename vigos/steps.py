@@ -22,7 +22,7 @@ from typing import Any
 
 from vigos import volume
 from vigos.config import VigosConfig, load_config
-from vigos.errors import VigosError
+from vigos.errors import VigosError, disk_error
 
 
 @dataclass
@@ -70,6 +70,11 @@ def _one_line_errors(step):
             return step(*args, **kwargs)
         except VigosError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        except OSError as e:  # a full or read-only disk met by a write no library call wraps (the file is named)
+            if (disk := disk_error(e)) is None:
+                raise
+            print(f"error: {disk}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return wrapper
@@ -508,6 +513,7 @@ def evaluate(
         log_metrics(metrics)
         log_params({f"eval.counts.{k.replace('/', '.')}": v for k, v in counts.items()})
         metrics |= stage_metrics("eval", counts)  # the KFP UI's table shows the counts beside the scores
+        volume.remove_temp_files(out)  # a killed earlier attempt's temp files are not results
         for folder in ("responses", "grades", "report"):
             mlflow.log_artifacts(str(out / folder), folder)
         mlflow.log_artifact(str(out / "scores.json"))

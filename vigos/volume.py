@@ -49,9 +49,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_temp(path: Path) -> bool:
+    """A temp file of an atomic write (`.<name>.<random>.tmp`, `.<name>.tmp`, `.<name>.tmp.png`): left behind only
+    when the writer was killed between writing it and renaming it into place."""
+    return path.name.startswith(".") and (path.name.endswith(".tmp") or ".tmp." in path.name)
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files killed writers left under `folder` (call it when no writer is running there), so
+    they never reach an artifact upload. Returns what was removed."""
+    removed = [p for p in Path(folder).rglob(".*") if p.is_file() and is_temp(p)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def _files(folder: Path) -> Iterator[Path]:
     for path in sorted(folder.rglob("*")):
-        # temp files of an interrupted atomic write are not part of the output
+        # hidden files, temp files of an interrupted atomic write among them, are not part of the output
         if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST:
             yield path
 

@@ -83,6 +83,11 @@ def _load_local(path: Path, split: str, cache_dir: str | None) -> datasets.Datas
                 "parquet", data_files=[str(f) for f in files], split="train", cache_dir=cache_dir
             )
         except Exception as e:  # a truncated or foreign file: name it rather than show pyarrow's internals
+            bad = _unreadable_parquet(files)
+            if bad is not None:
+                file, err = bad
+                raise VigosError(f"{file}: not a readable parquet file ({type(err).__name__}: {err}); re-download "
+                                 "or remove that file") from e
             raise VigosError(f"{path}: could not read parquet: {type(e).__name__}: {e}") from e
     if suffixes <= set(_JSONL):
         return _load_jsonl(files)
@@ -90,6 +95,20 @@ def _load_local(path: Path, split: str, cache_dir: str | None) -> datasets.Datas
         f"{path}: cannot read {', '.join(sorted(suffixes))} files as a dataset; give a save_to_disk folder, "
         "parquet files or JSONL files (not a mix)"
     )
+
+
+def _unreadable_parquet(files: list[Path]) -> tuple[Path, Exception] | None:
+    """The first file pyarrow cannot read, with its error (`datasets` names no file in what it raises). Footers
+    first (cheap, and what a truncated or foreign file fails), then whole files; only called after a failure."""
+    import pyarrow.parquet as pq
+
+    for read in (lambda f: pq.ParquetFile(f).metadata, pq.read_table):
+        for file in files:
+            try:
+                read(file)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ArrowInvalid, ...: all mean unreadable
+                return file, e
+    return None
 
 
 def _load_saved(path: Path, split: str) -> datasets.Dataset:
@@ -123,8 +142,13 @@ def _split_files(folder: Path, split: str) -> list[Path]:
 def _load_jsonl(files: list[Path]) -> datasets.Dataset:
     rows: list[dict[str, Any]] = []
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(file, "rb") as f:  # bytes: an undecodable line is then named by file and line, not a traceback
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise VigosError(f"{file}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte "
+                                     f"{e.start + 1} of the line); re-save the file as UTF-8") from None
                 if not line.strip():
                     continue
                 try:

@@ -3,7 +3,8 @@
 Per row (in parallel, `datasets.map(num_proc=...)`): find the images, fully decode the first one (the student sees
 only the first), normalise the answer, classify it, and either keep the row or mark it with one drop reason.
 Then, in one sequential pass, drop marked rows and duplicates, optionally sample `max_samples` rows with a seeded
-shuffle, and write the result atomically (a scratch folder beside `output_dir`, renamed into place at the end).
+shuffle, and write the result atomically (a scratch folder beside `output_dir`, renamed into place at the end; removed
+on every exit, and a killed prep's is removed by the next one).
 
 Bad input never raises here: every row that cannot be used is dropped and counted under one of `DROP_REASONS`
 (checked in that order; the first that applies is the row's reason) and listed in `drops.jsonl`.
@@ -12,6 +13,7 @@ Bad input never raises here: every row that cannot be used is dropped and counte
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -19,8 +21,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +38,13 @@ from PIL import Image as PILImage
 from vigos.config import DataConfig
 from vigos.data.answers import ANSWER_TYPES, answer_type, normalize_answer
 from vigos.data.load import load_source
-from vigos.errors import VigosError
+from vigos.errors import VigosError, disk_writes
 
 logger = logging.getLogger(__name__)
 
 DROP_REASONS: tuple[str, ...] = (
     "no_image",
+    "huge_image",  # judged from the header alone: a bomb is never decoded, readable or not
     "unreadable_image",
     "tiny_image",
     "empty_problem",
@@ -74,6 +80,7 @@ _WORK_FEATURES = Features(
     }
 )
 _OPTIONAL_TEXT = ("problem_id", "data_source", "solution")
+_TEXT_DTYPES = ("string", "large_string", "null")  # null: an all-empty column, dropped row by row as empty
 _IMAGE_TOKEN = re.compile(r"<image>", re.IGNORECASE)
 
 
@@ -85,60 +92,56 @@ def prepare(cfg: DataConfig, output_dir: str | Path, progress: bool = True) -> d
     out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise VigosError(f"output {out} exists and is not a folder; choose another --output")
-    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     phases: dict[str, float] = {}
-    # Scratch beside the output: same filesystem, so the final rename is atomic; removed whatever happens.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.prep-", dir=out.parent))
-    try:
-        with _progress_bars(progress):
-            t = time.perf_counter()
-            raw = load_source(cfg.source, cfg.split, cache_dir=str(scratch / "cache"))
-            image_column = _check_columns(raw, cfg.source)
-            phases["load"] = time.perf_counter() - t
+    # every phase writes beside `out` (the Arrow copy of the source, the checked rows, the result)
+    with disk_writes(out.parent), _scratch_folder(out) as scratch, _progress_bars(progress):
+        t = time.perf_counter()
+        raw = load_source(cfg.source, cfg.split, cache_dir=str(scratch / "cache"))
+        image_column = _check_columns(raw, cfg.source)
+        phases["load"] = time.perf_counter() - t
 
-            t = time.perf_counter()
-            work = raw.map(
-                _process_batch,
-                batched=True,
-                batch_size=128,
-                writer_batch_size=128,
-                fn_kwargs={"image_column": image_column, "min_image_size": cfg.min_image_size},
-                remove_columns=raw.column_names,
-                features=_WORK_FEATURES,
-                num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
-                cache_file_name=str(scratch / "cache" / "rows.arrow"),
-                load_from_cache_file=False,
-                desc="Checking rows",
+        t = time.perf_counter()
+        work = raw.map(
+            _process_batch,
+            batched=True,
+            batch_size=128,
+            writer_batch_size=128,
+            fn_kwargs={"image_column": image_column, "min_image_size": cfg.min_image_size,
+                       "max_image_pixels": cfg.max_image_pixels},
+            remove_columns=raw.column_names,
+            features=_WORK_FEATURES,
+            num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
+            cache_file_name=str(scratch / "cache" / "rows.arrow"),
+            load_from_cache_file=False,
+            desc="Checking rows",
+        )
+        phases["process"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        keep, dropped, drop_log = _filter(work)
+        kept = work.select(keep)
+        rows_valid = len(kept)
+        if cfg.max_samples is not None:
+            kept = kept.shuffle(seed=cfg.seed).select(range(min(cfg.max_samples, len(kept))))
+        stats = _stats(cfg, len(raw), rows_valid, kept, dropped, work)
+        phases["filter"] = time.perf_counter() - t
+        if len(kept) == 0:
+            raise VigosError(
+                f"no rows left from {cfg.source} ({len(raw)} in; dropped: {_drops_line(dropped)}); "
+                "check the source, --split, --min-image-size and --max-samples"
             )
-            phases["process"] = time.perf_counter() - t
 
-            t = time.perf_counter()
-            keep, dropped, drop_log = _filter(work)
-            kept = work.select(keep)
-            rows_valid = len(kept)
-            if cfg.max_samples is not None:
-                kept = kept.shuffle(seed=cfg.seed).select(range(min(cfg.max_samples, len(kept))))
-            stats = _stats(cfg, len(raw), rows_valid, kept, dropped, work)
-            phases["filter"] = time.perf_counter() - t
-            if len(kept) == 0:
-                raise VigosError(
-                    f"no rows left from {cfg.source} ({len(raw)} in; dropped: {_drops_line(dropped)}); "
-                    "check the source, --split, --min-image-size and --max-samples"
-                )
-
-            t = time.perf_counter()
-            staged = scratch / "out"
-            kept.remove_columns([c for c in _WORK_FEATURES if c.startswith("_")]).save_to_disk(str(staged))
-            with open(staged / DROPS_FILE, "w") as f:
-                f.writelines(json.dumps(entry) + "\n" for entry in drop_log)
-            phases["save"] = time.perf_counter() - t
-            stats["seconds"] = round(time.perf_counter() - start, 3)
-            stats["seconds_by_phase"] = {k: round(v, 3) for k, v in phases.items()}
-            (staged / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
-            _publish(staged, out, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        t = time.perf_counter()
+        staged = scratch / "out"
+        kept.remove_columns([c for c in _WORK_FEATURES if c.startswith("_")]).save_to_disk(str(staged))
+        with open(staged / DROPS_FILE, "w") as f:
+            f.writelines(json.dumps(entry) + "\n" for entry in drop_log)
+        phases["save"] = time.perf_counter() - t
+        stats["seconds"] = round(time.perf_counter() - start, 3)
+        stats["seconds_by_phase"] = {k: round(v, 3) for k, v in phases.items()}
+        (staged / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        _publish(staged, out, scratch)
     logger.info("data prep: %d rows in, %d out; dropped: %s", stats["rows_in"], stats["rows_out"], _drops_line(dropped))
     return stats
 
@@ -164,13 +167,22 @@ def _check_columns(ds: datasets.Dataset, source: str) -> str:
             f"columns found: {', '.join(columns) or '(none)'}"
         )
     assert image_column is not None
+    for column in ("problem", "answer"):
+        feature = ds.features[column]
+        # anything but text would reach the rows as str(value): b'...' for bytes, "0" for an int, silently
+        if not (isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES):
+            kind = feature.dtype if isinstance(feature, Value) else type(feature).__name__
+            fix = ("decode it as UTF-8 text" if "binary" in kind
+                   else f"cast it to strings, e.g. ds.cast_column('{column}', Value('string'))")
+            raise VigosError(f"{source}: column '{column}' holds {kind} values, not text; {fix}, and run again")
     return image_column
 
 
 # --- per-row work (runs in worker processes: module-level, no shared state) ---------------------------------
 
 
-def _process_batch(batch: dict[str, list[Any]], image_column: str, min_image_size: int) -> dict[str, list[Any]]:
+def _process_batch(batch: dict[str, list[Any]], image_column: str, min_image_size: int,
+                   max_image_pixels: int | None = None) -> dict[str, list[Any]]:
     n = len(batch["problem"])
     out: dict[str, list[Any]] = {name: [] for name in _WORK_FEATURES}
     for i in range(n):
@@ -181,6 +193,7 @@ def _process_batch(batch: dict[str, list[Any]], image_column: str, min_image_siz
             options=batch["options"][i] if "options" in batch else None,
             extra={k: batch[k][i] if k in batch else None for k in _OPTIONAL_TEXT},
             min_image_size=min_image_size,
+            max_image_pixels=max_image_pixels,
         )
         for name, value in row.items():
             out[name].append(value)
@@ -188,7 +201,8 @@ def _process_batch(batch: dict[str, list[Any]], image_column: str, min_image_siz
 
 
 def _process_row(
-    problem: Any, images: Any, answer: Any, options: Any, extra: dict[str, Any], min_image_size: int
+    problem: Any, images: Any, answer: Any, options: Any, extra: dict[str, Any], min_image_size: int,
+    max_image_pixels: int | None = None,
 ) -> dict[str, Any]:
     problem_text = "" if problem is None else str(problem)
     answer_raw = "" if answer is None else answer if isinstance(answer, str) else str(answer)
@@ -218,9 +232,9 @@ def _process_row(
     if first is None:
         row["_drop"] = "unreadable_image"
         return row
-    size = decoded_size(first)
-    if size is None:
-        row["_drop"] = "unreadable_image"
+    size, reason = probe_image(first, max_image_pixels)
+    if reason is not None:
+        row["_drop"] = reason
         return row
     if min(size) < min_image_size:
         row["_drop"] = "tiny_image"
@@ -291,16 +305,33 @@ def _read_file(path: str) -> bytes | None:
         return None
 
 
-def decoded_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) after a full decode, or None. A full decode, not just the header: truncated files pass
-    `Image.open` and only fail when the pixels are read, which would otherwise happen in the middle of training."""
+def probe_image(data: bytes, max_pixels: int | None = None) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height), None) for a usable image, else (size or None, "huge_image" / "unreadable_image").
+
+    The pixel count comes from the header, before any decoding, so an image over `max_pixels` costs no memory.
+    Under the cap the image is fully decoded: truncated files pass `Image.open` and only fail when the pixels are
+    read, which would otherwise happen in the middle of training. PIL's own bomb guard becomes a drop reason,
+    not a warning per row (its hard limit, twice `Image.MAX_IMAGE_PIXELS`, is the highest cap RANGES allow).
+    """
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.size
-    # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...: all mean the image is unusable.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    return img.size, "huge_image"
+                img.load()
+                return img.size, None
+    except PILImage.DecompressionBombError:
+        return None, "huge_image"
+    # PIL raises OSError, SyntaxError, ValueError...: all mean the image is unusable.
     except Exception:  # noqa: BLE001
-        return None
+        return None, "unreadable_image"
+
+
+def decoded_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a fully decodable image (no pixel cap beyond PIL's own), or None."""
+    size, reason = probe_image(data)
+    return size if reason is None else None
 
 
 def options_list(value: Any) -> list[str] | None:
@@ -369,6 +400,7 @@ def _stats(
         "image_size": {"width": _percentiles(cols["_width"]), "height": _percentiles(cols["_height"])},
         "config": {
             "min_image_size": cfg.min_image_size,
+            "max_image_pixels": cfg.max_image_pixels,
             "max_samples": cfg.max_samples,
             "seed": cfg.seed,
             "num_proc": cfg.num_proc,
@@ -417,6 +449,64 @@ def _publish(staged: Path, out: Path, scratch: Path) -> None:
                 shutil.move(str(child), out / child.name)
             return
     staged.rename(out)
+
+
+_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _scratch_folder(out: Path) -> Iterator[Path]:
+    """A scratch folder beside `out` (same filesystem: the final rename is atomic), removed on every exit.
+
+    An exception or Ctrl-C runs the `finally`; so does SIGTERM (a cancelled or evicted pod), turned into SystemExit
+    while data prep runs. A SIGKILL runs nothing: the folder holds an flock for as long as its process lives, and the
+    next prep beside `out` removes every scratch folder whose lock it can take (a concurrent prep keeps its own).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.prep-"
+    for stale in out.parent.glob(f"{prefix}*"):
+        _remove_if_unlocked(stale)
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    lock = open(scratch / _LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with _sigterm_exits():
+            yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        lock.close()
+
+
+def _remove_if_unlocked(folder: Path) -> None:
+    try:
+        lock = open(folder / _LOCK)
+    except OSError:  # no lock yet (being created this instant) or not ours: leave it
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a live prep holds it
+        logger.info("removing %s, left by a data prep that was killed", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) for the duration, so cleanup code runs (Python's default just dies).
+    Only the main thread may set handlers; elsewhere the default stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -19,9 +19,10 @@ For each benchmark of `cfg.eval.benchmarks` (registry: `vigos.evaluation.benchma
   missing (example_id, sample_index) pairs are generated. A truncated last line (a kill mid-write) is ignored and cut
   off before appending; an unreadable line elsewhere is ignored with a warning. When a benchmark is complete, its
   file is rewritten atomically (temp file + rename) with exactly the requested rows in item order, sample order.
-- **Settings guard**: `responses/eval_run.json` records the sampling settings, seed, image budget and prefill;
-  resuming with different ones is an error (mixing them would make Pass@k meaningless); a different model path is
-  only a warning (a re-mounted artifact). It also gets each benchmark's counts and skipped bad rows.
+- **Settings guard**: `responses/eval_run.json` records the sampling settings, seed, image budget, prefill, prompt
+  text and each benchmark's source copy; resuming with different ones is an error (mixing them would make Pass@k
+  meaningless); a different model path is only a warning (a re-mounted artifact). It also gets each benchmark's
+  counts and skipped bad rows. Temp files of a killed rewrite are removed when a run starts.
 
 Row contract (docs/architecture.md): `benchmark`, `example_id`, `sample_index`, `prompt` (the problem text shown in the
 student prompt, options included), `response`, `reference`, `answer_type`, `options`, `extracted` (null: scoring
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -42,9 +44,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from vigos import volume
 from vigos.config import EvalConfig, VigosConfig
-from vigos.data.prompts import DESCRIPTION_PREFILL, build_messages, build_prompt_text
-from vigos.errors import VigosError
+from vigos.data.prompts import DESCRIPTION_PREFILL, STUDENT_PROMPTS, build_messages, build_prompt_text
+from vigos.errors import VigosError, disk_writes
 from vigos.evaluation.benchmarks import EvalItem, get_benchmark, load_benchmark, parse_sources
 from vigos.generation import GenerationRequest, SamplingParams, dist_rank_world, shard_for_rank
 from vigos.progress import duration
@@ -157,35 +160,40 @@ class _Appender:
     """Appends rows to a JSONL file, one write + flush + fsync per batch of rows."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _repair_tail(path)
+        with disk_writes(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _repair_tail(path)
+            self._f = open(path, "a", encoding="utf-8")
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        # a partial line a full disk leaves is cut off by the next run's _repair_tail; the rows before stay
+        with disk_writes(self.path.parent, needed=len(text.encode())):
+            self._f.write(text)
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
         self._f.close()
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with disk_writes(path.parent, needed=len(text.encode())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _write_rows_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -197,7 +205,12 @@ def _write_rows_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _settings(cfg: VigosConfig, params: SamplingParams) -> dict[str, Any]:
-    """What makes two runs' samples interchangeable (n_samples / max_examples / benchmarks only select rows)."""
+    """What makes two runs' samples interchangeable (n_samples / max_examples / benchmarks only select rows).
+
+    `sources`: each benchmark's copy (a resolved local path, or "hub"), compared benchmark by benchmark: rows of one
+    copy's questions must never count as answers to another's. `student_prompt_sha256`: the text itself, which a
+    new release of this code may change under the same name."""
+    local = parse_sources(cfg.eval.sources)
     return {
         "sampling": params.to_dict(),
         "seed": cfg.eval.seed,
@@ -207,6 +220,9 @@ def _settings(cfg: VigosConfig, params: SamplingParams) -> dict[str, Any]:
         "dtype": cfg.model.dtype,
         "prefill": DESCRIPTION_PREFILL,
         "student_prompt": cfg.prompt.student,
+        "student_prompt_sha256": hashlib.sha256(STUDENT_PROMPTS[cfg.prompt.student].encode()).hexdigest(),
+        "sources": {name: str(Path(local[name]).expanduser().resolve()) if name in local else "hub"
+                    for name in cfg.eval.benchmarks},
     }
 
 
@@ -220,16 +236,31 @@ def _read_run_file(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _changed_settings(previous: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """Keys whose values differ. Only keys the earlier run recorded count (an older file lacks the newer ones), and
+    sources only for benchmarks both runs name (a run may add or leave out benchmarks)."""
+    diff = [k for k in previous if k != "sources" and previous[k] != settings.get(k)]
+    before, now = previous.get("sources") or {}, settings["sources"]
+    return sorted(diff + [f"sources.{b}" for b in before if b in now and before[b] != now[b]])
+
+
+def _flat_get(settings: dict[str, Any], key: str) -> Any:
+    head, _, tail = key.partition(".")
+    return settings.get(head) if not tail else (settings.get(head) or {}).get(tail)
+
+
 def _check_settings(run_file: Path, settings: dict[str, Any], model: str) -> dict[str, Any]:
     data = _read_run_file(run_file)
     previous = data.get("settings")
-    if previous is not None and previous != settings:
-        diff = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    diff = _changed_settings(previous, settings) if previous is not None else []
+    if diff:
         raise VigosError(
             f"{run_file.parent} holds responses generated with other settings ({', '.join(diff)}: "
-            f"{ {k: previous.get(k) for k in diff} } now { {k: settings.get(k) for k in diff} }); "
+            f"{ {k: _flat_get(previous, k) for k in diff} } now { {k: _flat_get(settings, k) for k in diff} }); "
             "use a new --output folder, or delete that one to start over"
         )
+    if previous is not None:  # keep the sources of benchmarks this run leaves out: their rows stay in the folder
+        settings = {**settings, "sources": {**(previous.get("sources") or {}), **settings["sources"]}}
     if data.get("model") not in (None, model):
         log.warning("resuming responses of model %s with model %s (same settings)", data["model"], model)
     data.update({"settings": settings, "model": model})
@@ -360,6 +391,10 @@ def run_eval(
     _init_distributed(world)
     out = Path(output_dir)
     run_file = out / RESPONSES_DIR / RUN_FILE
+    if rank == 0 and (out / RESPONSES_DIR).is_dir():
+        # a killed rewrite's temp file would otherwise sit beside the responses and go up with them
+        for path in volume.remove_temp_files(out / RESPONSES_DIR):
+            log.info("removed %s, left by an interrupted write", path)
     model_name = str(model_dir)
     run_state = _check_settings(run_file, _settings(cfg, params), model_name)
     if rank == 0:

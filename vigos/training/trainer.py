@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from vigos.config import ConfigError, TrainConfig, VigosConfig
-from vigos.errors import VigosError
+from vigos.errors import VigosError, disk_writes
 from vigos.progress import duration
 from vigos.training import teachers as T
 from vigos.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -454,12 +454,13 @@ class ViGOSTrainer:
         folder = self.output_dir / CHECKPOINTS
         tag = f"step-{step}"
         # `latest` is written by us, last and atomically, so it only ever names a complete checkpoint (DeepSpeed
-        # would write it before the RNG states and the adapter are on disk)
-        self.engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step},
-                                    exclude_frozen_parameters=True, save_latest=False)
-        torch.save(_rng_state(), folder / tag / f"rng_rank{self.dist.rank}.pt")
-        if self.dist.is_main:
-            self.model.save_pretrained(str(folder / tag / ADAPTER))
+        # would write it before the RNG states and the adapter are on disk); a full disk is one line naming the folder
+        with disk_writes(folder):
+            self.engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step},
+                                        exclude_frozen_parameters=True, save_latest=False)
+            torch.save(_rng_state(), folder / tag / f"rng_rank{self.dist.rank}.pt")
+            if self.dist.is_main:
+                self.model.save_pretrained(str(folder / tag / ADAPTER))
         barrier()  # every rank's files are written
         if self.dist.is_main:
             _atomic_write(folder / "latest", tag)
@@ -502,8 +503,9 @@ class ViGOSTrainer:
         out = self.output_dir / ADAPTER
         if self.dist.is_main:
             tmp = self.output_dir / f".{ADAPTER}.tmp"
-            self.model.save_pretrained(str(tmp))
-            self.processor.save_pretrained(str(tmp))
+            with disk_writes(self.output_dir):
+                self.model.save_pretrained(str(tmp))
+                self.processor.save_pretrained(str(tmp))
             (tmp / "vigos_train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
             device = torch.cuda.get_device_name(self.dist.device) if self.dist.device.type == "cuda" else "cpu"
             info = {"world_size": self.dist.world_size, "device": device, "steps": self.total_steps}
