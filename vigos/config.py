@@ -193,6 +193,13 @@ class EvalConfig:
     judge_api_key_env: str = "VIGOS_JUDGE_API_KEY"
     """Name of the environment variable holding the judge's API key (never the key itself)."""
     judge_max_retries: int = 5
+    """Retries of one question's judge call (HTTP errors, time-outs, unreadable replies), with jittered exponential
+    back-off, or the server's Retry-After."""
+    judge_max_consecutive_failures: int = 10
+    """Circuit breaker: after this many questions in a row whose judge call finally failed, the judge is taken for
+    down and the remaining questions are not sent (the scores are marked incomplete and the command fails)."""
+    judge_timeout_s: float = 120.0
+    """Seconds one judge request may take before it counts as a failed attempt."""
 
 
 @dataclass
@@ -319,6 +326,8 @@ RANGES: dict[str, str] = {
     "eval.max_images": ">= 1",
     "eval.grade_processes": ">= 1",
     "eval.judge_max_retries": ">= 0",
+    "eval.judge_max_consecutive_failures": ">= 1",
+    "eval.judge_timeout_s": "> 0",
 }
 _NOTES = {  # what the boundary means, where it is not obvious
     "train.max_steps": " (-1: run the epochs)",

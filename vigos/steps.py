@@ -480,7 +480,7 @@ def evaluate(
     from vigos.evaluation.metrics import tracking_metrics
     from vigos.evaluation.report import REPORT_SETTINGS, write_report
     from vigos.evaluation.run import run_eval
-    from vigos.evaluation.score import score_responses
+    from vigos.evaluation.score import ensure_complete, score_responses
     from vigos.tracking import log_metrics, log_params, stage_metrics, step_run, tracking_uri
 
     cfg = ctx.config(eval_values(benchmarks, sources))
@@ -503,7 +503,9 @@ def evaluate(
             _run(cmd, env, timeout_h, "evaluation")
         else:
             run_eval(model_path, cfg, out)
-        scores = score_responses(out / "responses", cfg.eval, grades_dir=out / "grades", output=out / "scores.json")
+        # the judge cache sits beside the responses: a retried pod asks the judge only what it did not answer yet
+        scores = score_responses(out / "responses", cfg.eval, grades_dir=out / "grades", output=out / "scores.json",
+                                 judge_cache=out / "judge-cache")
         report = write_report(scores, out / "report", title=f"ViGOS evaluation ({label})", model=model_path,
                               base_model=cfg.model.name_or_path,
                               run_ids={"KFP run": ctx.kfp_run_id, "MLflow run": run.info.run_id},
@@ -517,6 +519,7 @@ def evaluate(
         for folder in ("responses", "grades", "report"):
             mlflow.log_artifacts(str(out / folder), folder)
         mlflow.log_artifact(str(out / "scores.json"))
+        ensure_complete(scores, out / "scores.json")  # logged for a look, then the step fails (and may be retried)
     if volume_root:
         volume.write_manifest(output_dir, out, "evaluation", extra={"model": model_path})
     return StepResult(metrics=metrics, markdown=report.markdown.read_text().split("![")[0])

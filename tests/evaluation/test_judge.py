@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import threading
 from collections.abc import Callable
@@ -95,8 +96,16 @@ def cfg(server, monkeypatch):
     )
 
 
+class TopOfJitter(random.Random):
+    """The back-off's random factor pinned to the top of its range [0.5, 1]: the exponential steps show exactly."""
+
+    def uniform(self, a, b):
+        return b
+
+
 def make_judge(cfg, tmp_path, sleeps=None):
-    return Judge(cfg, tmp_path / "cache", sleep=(sleeps.append if sleeps is not None else lambda _s: None))
+    return Judge(cfg, tmp_path / "cache", sleep=(sleeps.append if sleeps is not None else lambda _s: None),
+                 rng=TopOfJitter())
 
 
 def cache_files(tmp_path):
@@ -285,9 +294,11 @@ def test_scoring_with_rules_plus_judge(server, cfg, tmp_path):
     assert by[("q1", 2)]["extracted"] is None and by[("q1", 2)]["correct"] is False
     assert by[("q3", 0)]["judge_failed"] is True and by[("q3", 0)]["grader"] == "rules"
     s = scores["benchmarks"]["mmmu"]
-    assert s["grader"] == "rules+judge" and s["ungraded_by_judge"] == 1
+    assert s["grader"] == "rules+judge (incomplete)" and s["ungraded_by_judge"] == 1
     assert s["pass_at_k"] == pytest.approx(200 / 3) and s["avg_at_k"] == pytest.approx(100 * 5 / 9)
-    assert scores["judge"] == {"model": "judge-m", "http_calls": 3, "cache_hits": 0, "failed_questions": 1}
+    assert scores["judge"] == {"model": "judge-m", "http_calls": 3, "cache_hits": 0, "failed_questions": 1,
+                               "breaker_open": False}
+    assert scores["incomplete"].startswith("1 question(s) not graded by the judge (mmmu 1)")
     assert json.loads((tmp_path / "scores.json").read_text()) == scores
     # Re-scoring hits the cache for q1 and asks again only about q3 (its failure was not cached).
     n = len(server.requests)

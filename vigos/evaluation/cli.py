@@ -85,7 +85,7 @@ def score(
 ) -> None:
     """Grade saved responses (no model needed) and write grades/ and scores.json; print one line per benchmark."""
     from vigos.config import load_config
-    from vigos.evaluation.score import score_responses
+    from vigos.evaluation.score import ensure_complete, score_responses
 
     values = {"eval.grader": grader} if grader is not None else None
     cfg = load_config(preset, config, override, values=values).eval
@@ -96,6 +96,7 @@ def score(
     for line in _summary(scores):
         typer.echo(line)
     typer.echo(f"wrote {output} and {grades_dir}/")
+    ensure_complete(scores, output)  # after writing: the partial grades stay there to look at
 
 
 @app.command()

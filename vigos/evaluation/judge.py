@@ -5,12 +5,16 @@ One call per question lists its k extracted answers and the reference and asks f
 `any()` / Pass@k is recomputed locally from the verdicts, never taken from the judge.
 
 Judge models often write near-JSON (Python literals, trailing commas, a bare list, "yes"/"no" words):
-`parse_verdicts` repairs those forms, and only those. Failure policy (ours): a reply that still cannot be read, or has
-the wrong number of verdicts, is retried like an HTTP error, with exponential back-off, `judge_max_retries` times. A
-question whose judge call finally failed gets `None` from `Judge.verdicts`: the caller keeps its rule grade and
-reports it as ungraded-by-judge. Failures are never cached and never counted as incorrect. Credentials that the
-endpoint rejects (401/403) or an unknown model or URL (404) raise `VigosError` at once: every other question would
-fail the same way.
+`parse_verdicts` repairs those forms, and only those. Failure policy (ours): a reply that still cannot be read, has
+the wrong number of verdicts, or whose HTTP body is not even JSON (a 200 cut short) is retried like an HTTP error or a
+time-out, `judge_max_retries` times, after the server's Retry-After when it sends one, else an exponential back-off
+with jitter (so that the scoring threads do not retry in lock-step). A question whose judge call finally failed gets
+`None` from `Judge.verdicts`: the caller keeps its rule grade and reports it as ungraded-by-judge, and the scores as
+incomplete. Failures are never cached and never counted as incorrect. Circuit breaker: after
+`judge_max_consecutive_failures` failed questions in a row the judge is taken for down, and every later question
+fails at once without a call (a judge down for a whole run would otherwise cost each question the full back-off).
+Credentials that the endpoint rejects (401/403) or an unknown model or URL (404) raise `VigosError` at once: every
+other question would fail the same way.
 
 Replies are cached on disk, one JSON file per key (question, answers, reference, judge model, prompt version),
 written atomically, so a re-run (or a crashed run resumed) pays only for new questions. The API key is read from
@@ -20,10 +24,12 @@ the environment variable NAMED in the config and is never logged or stored.
 from __future__ import annotations
 
 import ast
+import email.utils
 import hashlib
 import json
 import logging
 import os
+import random
 import re
 import tempfile
 import threading
@@ -43,9 +49,9 @@ Verdict = bool | float
 """True/False, or a partial credit in [0, 1] (MM-Vet-style judges)."""
 
 PROMPT_VERSION = "v1"  # part of the cache key: a changed prompt must not reuse old verdicts
-_BACKOFF_BASE_S = 1.0  # 1, 2, 4, 8 ... seconds between attempts
+_BACKOFF_BASE_S = 1.0  # 1, 2, 4, 8 ... seconds between attempts, each times a random factor in [0.5, 1]
 _BACKOFF_MAX_S = 60.0
-_REQUEST_TIMEOUT_S = 120.0
+_RETRY_AFTER_MAX_S = 300.0  # a server's Retry-After is honoured up to this (a silly value must not stall the run)
 # Reply length cap sent as `max_tokens`: `{"verdicts": [true, false, ...]}` takes ~2 tokens per verdict plus ~10, so
 # this leaves room for a code fence or a sentence around it while a judge that rambles (or a broken/tiny model)
 # stops early instead of generating until the request times out; its truncated reply is then retried as malformed.
@@ -175,7 +181,31 @@ def _make_client(cfg: EvalConfig) -> Any:
     import openai  # heavy-ish; only judge runs need it
 
     # Retries are ours (counted, backed off, malformed replies included), so the client's own are off.
-    return openai.OpenAI(base_url=cfg.judge_base_url, api_key=key, max_retries=0, timeout=_REQUEST_TIMEOUT_S)
+    return openai.OpenAI(base_url=cfg.judge_base_url, api_key=key, max_retries=0, timeout=cfg.judge_timeout_s)
+
+
+def retry_after_s(error: BaseException) -> float | None:
+    """The wait an HTTP error's `Retry-After` (seconds or an HTTP date) or `retry-after-ms` header asks for."""
+    headers = getattr(getattr(error, "response", None), "headers", None)
+    if headers is None:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class Judge:
@@ -186,18 +216,48 @@ class Judge:
         cfg: EvalConfig,
         cache_dir: Path | None,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Any] | None = None,
+        rng: random.Random | None = None,
         client: Any = None,
     ) -> None:
         self.model = cfg.judge_model
         self.max_retries = cfg.judge_max_retries
+        self.max_consecutive_failures = cfg.judge_max_consecutive_failures
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._client = client if client is not None else _make_client(cfg)
-        self._sleep = sleep  # injectable: tests must not wait for real back-off
+        self._broken = threading.Event()  # set when the circuit breaker opens
+        # Injectable: tests must not wait for real back-off. The default wakes up when the breaker opens, so a
+        # thread backing off does not sit out its full wait for a judge already known to be down.
+        self._sleep = sleep if sleep is not None else self._broken.wait
+        self._rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
         self.http_calls = 0
         self.cache_hits = 0
         self.failures = 0
+        self._consecutive_failures = 0
+
+    @property
+    def breaker_open(self) -> bool:
+        """True once `max_consecutive_failures` questions in a row failed: no more calls this run."""
+        return self._broken.is_set()
+
+    def _backoff_s(self, attempt: int, error: BaseException) -> float:
+        after = retry_after_s(error)
+        if after is not None:
+            return min(after, _RETRY_AFTER_MAX_S)
+        return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2**attempt) * self._rng.uniform(0.5, 1.0)
+
+    def _record(self, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._consecutive_failures = 0
+                return
+            self.failures += 1
+            self._consecutive_failures += 1
+            if self._consecutive_failures >= self.max_consecutive_failures and not self._broken.is_set():
+                log.error("judge circuit breaker open: %d questions in a row failed; the remaining questions are "
+                          "not sent (eval.judge_max_consecutive_failures)", self._consecutive_failures)
+                self._broken.set()
 
     # -- cache ----------------------------------------------------------------------------------------------
     def _cache_path(self, key: str) -> Path | None:
@@ -246,6 +306,8 @@ class Judge:
             return cached
         messages = build_messages(question, answers, reference)
         for attempt in range(self.max_retries + 1):
+            if self._broken.is_set():
+                break
             try:
                 reply = self._ask(messages, _MAX_TOKENS_BASE + _MAX_TOKENS_PER_ANSWER * len(answers))
                 verdicts = parse_verdicts(reply, len(answers))
@@ -254,21 +316,22 @@ class Judge:
                     f"the judge at its base URL rejected the request ({type(e).__name__}, HTTP {e.status_code}): "
                     "check eval.judge_base_url, eval.judge_model and the API key's environment variable"
                 ) from None
-            except (openai.APIError, JudgeReplyError) as e:
+            # json.JSONDecodeError: the client could not read the HTTP body itself (a 200 cut short)
+            except (openai.APIError, JudgeReplyError, json.JSONDecodeError) as e:
                 # Type and message only: the client's messages carry no credentials, and we never print headers.
                 log.warning(
                     "judge attempt %d/%d failed: %s: %s", attempt + 1, self.max_retries + 1, type(e).__name__,
                     str(e)[:200],
                 )
                 if attempt < self.max_retries:
-                    self._sleep(min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2**attempt))
+                    self._sleep(self._backoff_s(attempt, e))
                 continue
             path = self._cache_path(key)
             if path is not None:  # only validated replies reach the cache
                 entry = {"verdicts": verdicts, "model": self.model, "question": question, "answers": answers,
                          "reference": reference}
                 write_json_atomic(path, entry)
+            self._record(ok=True)
             return verdicts
-        with self._lock:
-            self.failures += 1
+        self._record(ok=False)
         return None

@@ -258,6 +258,21 @@ def score_rows(scores: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, An
                 yield name, row
 
 
+def incomplete_reason(scores: Mapping[str, Any]) -> str | None:
+    """Why a Scores JSON does not grade every question the way it was configured to (None: it does).
+
+    Its `incomplete` mark (`score_responses` writes it when the judge left questions ungraded), or, in a file from
+    before that mark existed, its judge record's failed questions.
+    """
+    if scores.get("incomplete"):
+        return str(scores["incomplete"])
+    judge = scores.get("judge")
+    failed = judge.get("failed_questions") if isinstance(judge, Mapping) else None
+    if isinstance(failed, int) and failed > 0:
+        return f"{failed} question(s) not graded by the judge"
+    return None
+
+
 def benchmarks_by_grader(scores: Mapping[str, Any], default: str | None = None) -> dict[str, list[str]]:
     """Grader label -> the benchmarks it decided, first seen first; a row without a label counts under `default`
     (left out when None)."""

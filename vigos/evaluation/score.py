@@ -25,7 +25,7 @@ from vigos.evaluation.benchmarks import BENCHMARKS
 from vigos.evaluation.extract import extract_answer
 from vigos.evaluation.grade import RuleVerdict, grade_detail
 from vigos.evaluation.judge import Judge, Verdict, write_json_atomic
-from vigos.evaluation.metrics import compute_scores
+from vigos.evaluation.metrics import compute_scores, incomplete_reason, score_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from vigos.config import EvalConfig
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 REQUIRED_FIELDS: tuple[str, ...] = ("benchmark", "example_id", "sample_index", "response", "reference", "answer_type")
 APPROXIMATE = "rules (approximate)"
 """The grader label of a benchmark meant for the LLM judge (MM-Vet) that was graded by rules."""
+INCOMPLETE = " (incomplete)"
+"""Appended to the grader label of a benchmark where the judge left questions ungraded (they keep rule grades)."""
 _MIN_PARALLEL_KEYS = 2000  # below this, starting worker processes costs more than grading in-process
 _JUDGE_WORKERS = 8  # concurrent judge calls: the endpoint's latency, not our CPU, bounds throughput
 _SAFE_NAME = re.compile(r"^[\w.+-]+$")  # a benchmark name becomes a file name under grades/
@@ -168,13 +170,14 @@ def benchmark_grader(benchmark: str, cfg: EvalConfig) -> str:
     return "judge" if spec is not None and spec.default_grader == "judge" and judge_configured(cfg) else "rules"
 
 
-def grader_label(benchmark: str, grader: str) -> str:
+def grader_label(benchmark: str, grader: str, judge_failed: bool = False) -> str:
     """How a benchmark's numbers were graded, for scores.json and the report: a benchmark meant for the judge but
-    graded by rules alone is marked approximate."""
+    graded by rules alone is marked approximate; one where the judge failed on some questions (`judge_failed`) is
+    marked incomplete: its numbers are not the judge's."""
     spec = BENCHMARKS.get(benchmark)
     if grader == "rules" and spec is not None and spec.default_grader == "judge":
         return APPROXIMATE
-    return grader
+    return grader + INCOMPLETE if judge_failed else grader
 
 
 def grade_rows(rows: Sequence[Mapping[str, Any]], cfg: EvalConfig, judge: Judge | None = None) -> list[dict[str, Any]]:
@@ -231,6 +234,17 @@ def grade_rows(rows: Sequence[Mapping[str, Any]], cfg: EvalConfig, judge: Judge 
     return out
 
 
+def ensure_complete(scores: Mapping[str, Any], where: Path | str) -> None:
+    """VigosError when `scores` (written to `where`) are incomplete: the command must not look like a success."""
+    reason = incomplete_reason(scores)
+    if reason:
+        raise VigosError(
+            f"{where} is marked incomplete: {reason}; the registry gate refuses such scores. Check that the judge "
+            "(eval.judge_base_url) answers, then run the scoring again: questions already graded come from the "
+            "judge cache, only the others are asked"
+        )
+
+
 def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -265,7 +279,8 @@ def score_responses(
     if judge is None and any(g != "rules" for g in graders.values()):
         judge = Judge(cfg, judge_cache)  # before any grading: a missing URL or key fails at once
     graded = grade_rows(rows, cfg, judge)
-    scores = compute_scores(graded, {b: grader_label(b, g) for b, g in graders.items()})
+    ungraded = {r["benchmark"] for r in graded if r.get("judge_failed")}
+    scores = compute_scores(graded, {b: grader_label(b, g, b in ungraded) for b, g in graders.items()})
     scores["grader"] = cfg.grader
     prompt = generation_settings(responses).get("student_prompt")
     if prompt:
@@ -276,7 +291,14 @@ def score_responses(
             "http_calls": judge.http_calls,
             "cache_hits": judge.cache_hits,
             "failed_questions": judge.failures,
+            "breaker_open": judge.breaker_open,
         }
+        if judge.failures:
+            per = ", ".join(f"{name} {row['ungraded_by_judge']}" for name, row in score_rows(scores)
+                            if row.get("ungraded_by_judge"))
+            why = ", the judge's circuit breaker open" if judge.breaker_open else ""
+            scores["incomplete"] = (f"{judge.failures} question(s) not graded by the judge ({per}{why}); "
+                                    "they keep their rule grades")
     if grades_dir is not None:
         by_bench: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in graded:

@@ -1,9 +1,23 @@
 """MLflow Model Registry: one model version per pipeline run, with its scores as tags, and two aliases.
 
 - `candidate` always points at the version registered last (what this run produced).
-- `champion` moves to it only when its evaluation settings equal the champion's AND its gate metric (e.g.
-  `mean.pass_at_k`) is STRICTLY greater than the champion's. Every metric we gate on is a percentage where higher
-  is better. The first version becomes champion.
+- `champion` is the best version comparable with the champion: among the versions whose evaluation settings equal
+  the champion's, the one with the highest gate metric (e.g. `mean.pass_at_k`); on a tie the champion stays, else
+  the oldest wins. Registered one after another, that is "a version whose settings equal the champion's moves it
+  when its gate metric is STRICTLY greater". Every metric we gate on is a percentage where higher is better. The
+  first version becomes champion.
+
+Never champion: a version whose scores are incomplete (`score.incomplete`: the LLM judge left questions ungraded, so
+its numbers are partly rule grades; `vigos eval score` also fails on them), and a version a person tagged
+`gate.excluded` (any value, the reason): how to roll back for good, since the champion is recomputed from all versions
+at every registration and moving the alias by hand to a worse version lasts only until the next one.
+
+Races: registrations running at once (two pipeline runs, a retried pod) cannot lock the registry, so the champion is
+a function of all versions' tags: each registration lists the versions, computes the best, moves the alias, then
+lists again until the alias already points at the best. Whichever racer writes last has seen every version created
+before its last look, and a version created after it is judged by its own registration: all racers converge on the
+best version, whatever order they finish in. Tag and alias writes are retried when the tracking server's database
+reports a conflicting concurrent write of the same row (SQLite's `UNIQUE constraint failed`, ...).
 
 Like with like: every version carries its evaluation settings as `eval.*` tags (`eval_settings_tags`: the benchmark
 set, per benchmark the examples scored, k and grader, the sampling, seed, image budget, dtype, prefill, student
@@ -33,6 +47,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +57,7 @@ from typing import Any
 
 from vigos.config import flatten_dict
 from vigos.errors import VigosError
-from vigos.evaluation.metrics import flatten_scores, score_rows
+from vigos.evaluation.metrics import flatten_scores, incomplete_reason, score_rows
 from vigos.tracking import TAG_KFP_RUN, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -52,9 +69,18 @@ TAG_BASE_MODEL = "vigos.base_model"
 TAG_DATASET = "vigos.dataset"
 TAG_GATE_METRIC = "gate.metric"
 TAG_GATE_DECISION = "gate.decision"
+TAG_GATE_EXCLUDED = "gate.excluded"
+"""Set by a person (any value: the reason): the gate never makes this version champion."""
+TAG_INCOMPLETE = "score.incomplete"
+"""The scores' `incomplete` reason (`incomplete_reason`): the gate never makes this version champion."""
 EVAL_PREFIX = "eval."
 MODEL_ARTIFACT_PATH = "model"
 """Where `log_model_dir` puts the model folder inside the run's artifacts."""
+_GATE_ROUNDS = 20  # look-move-look rounds; racers agree once every version exists, so a few suffice
+_WRITE_ATTEMPTS = 6  # conflicting concurrent writes of one tag/alias row: the retry updates the winner's row
+# how the tracking server's database (SQLite, PostgreSQL, MySQL) words a write that lost a race for the same row
+_CONFLICT = re.compile(r"IntegrityError|UNIQUE constraint|UniqueViolation|duplicate key|Duplicate entry|"
+                       r"database is locked|Deadlock", re.I)
 
 
 @dataclass(frozen=True)
@@ -88,6 +114,8 @@ def score_tags(scores: Mapping[str, Any]) -> dict[str, str]:
     tags = {f"{SCORE_PREFIX}{k}": _tag_value(v) for k, v in flatten_scores(scores).items()}
     if isinstance(scores.get("grader"), str):
         tags[f"{SCORE_PREFIX}grader"] = scores["grader"]
+    if reason := incomplete_reason(scores):
+        tags[TAG_INCOMPLETE] = reason
     return tags
 
 
@@ -176,7 +204,6 @@ def register_model_version(
         raise VigosError(f"gate metric {gate_metric!r} is not in the scores (available e.g.: {some}); "
                          "pass --gate-metric with one of them, or check that the scores JSON is not empty")
     gate_value = float(flat[gate_metric])
-    gate_tag = f"{SCORE_PREFIX}{gate_metric}"
     settings = eval_settings_tags(scores, eval_settings)
     all_tags = {
         **score_tags(scores), **settings, TAG_KFP_RUN: kfp_run_id, TAG_BASE_MODEL: base_model, TAG_DATASET: dataset,
@@ -190,46 +217,138 @@ def register_model_version(
         mv = existing[0]
         for key, value in all_tags.items():  # a re-run re-applies only what changed
             if mv.tags.get(key) != value:
-                client.set_model_version_tag(name, mv.version, key, value)
-        for key in mv.tags:  # the settings record is exactly this call's
-            if key.startswith(EVAL_PREFIX) and key not in all_tags:
-                client.delete_model_version_tag(name, mv.version, key)
+                _retry_conflicts(client.set_model_version_tag, name, mv.version, key, value)
+        for key in mv.tags:  # the settings and scores record is exactly this call's (an `incomplete` mark too)
+            if key.startswith((EVAL_PREFIX, SCORE_PREFIX)) and key not in all_tags:
+                _retry_conflicts(client.delete_model_version_tag, name, mv.version, key)
     else:
         mv = _create_version(client, name, source, run_id, all_tags,
                              description=f"KFP run {kfp_run_id}: {gate_metric} = {gate_value:.2f}")
     version = str(mv.version)
 
-    client.set_registered_model_alias(name, CANDIDATE, version)
-    champion = _alias_version(client, name, CHAMPION)
-    previous = int(champion.version) if champion is not None else None
-    if champion is None:
-        moved, decision = True, "first version: champion"
-    elif str(champion.version) == version:
-        moved, decision = False, mv.tags.get(TAG_GATE_DECISION) or "already champion"
-    else:
-        current = _as_float(champion.tags.get(gate_tag))
-        theirs = {k: v for k, v in champion.tags.items() if k.startswith(EVAL_PREFIX)}
-        differ = settings_differences(settings, theirs)
-        if not theirs:
-            moved, decision = True, (f"champion v{champion.version} has no evaluation settings tags (eval.*), so it "
-                                     "is not comparable: this version becomes the first comparable champion")
-        elif differ:
-            more = f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""
-            moved, decision = False, (f"evaluation settings differ from champion v{champion.version}'s: "
-                                      f"{'; '.join(differ[:3])}{more}: not comparable, candidate only")
-        elif current is None:
-            moved, decision = True, f"champion v{champion.version} has no {gate_tag} tag: counted as beaten"
-        elif gate_value > current:
-            moved, decision = True, f"{gate_metric} {gate_value:.4g} > champion v{champion.version}'s {current:.4g}"
-        else:
-            moved, decision = False, (f"{gate_metric} {gate_value:.4g} <= champion v{champion.version}'s "
-                                      f"{current:.4g}: candidate only")
-    if moved:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, TAG_GATE_DECISION, decision)
+    _retry_conflicts(client.set_registered_model_alias, name, CANDIDATE, version)
+    previous, champion = _settle_champion(client, name, version, gate_metric)
+    decision = _decision(client.get_model_version(name, version), gate_metric, previous, champion)
+    moved = champion is not None and str(champion.version) == version and (
+        previous is None or str(previous.version) != version)
+    _retry_conflicts(client.set_model_version_tag, name, version, TAG_GATE_DECISION, decision)
     log.info("registered %s v%s (%s)", name, version, decision)
     aliases = sorted(client.get_model_version(name, version).aliases)
-    return RegistrationResult(name, int(version), aliases, moved, reused, gate_value, previous, mv.source, decision)
+    return RegistrationResult(name, int(version), aliases, moved, reused, gate_value,
+                              int(previous.version) if previous is not None else None, mv.source, decision)
+
+
+def _settings(mv: Any) -> dict[str, str]:
+    return {k: v for k, v in mv.tags.items() if k.startswith(EVAL_PREFIX)}
+
+
+def _refusal(mv: Any) -> str | None:
+    """Why the gate never makes `mv` champion, whatever its score (None: it may)."""
+    if mv.tags.get(TAG_INCOMPLETE):
+        return f"scores incomplete ({mv.tags[TAG_INCOMPLETE]})"
+    if TAG_GATE_EXCLUDED in mv.tags:
+        return f"excluded from the gate by its {TAG_GATE_EXCLUDED} tag ({mv.tags[TAG_GATE_EXCLUDED] or 'no reason'})"
+    return None
+
+
+def _best(versions: list[Any], champion: Any | None, gate_tag: str, like: Mapping[str, str]) -> Any | None:
+    """The version that should be champion: among those that the gate does not refuse, with a `gate_tag` value and
+    evaluation settings equal to `like`, the highest value; on a tie the champion, else the oldest."""
+    held = str(champion.version) if champion is not None else None
+    contenders = [v for v in versions
+                  if _refusal(v) is None and _as_float(v.tags.get(gate_tag)) is not None and _settings(v) == like]
+    return max(contenders, default=None,
+               key=lambda v: (_as_float(v.tags[gate_tag]), str(v.version) == held, -int(v.version)))
+
+
+def _like(champion: Any | None, candidate: Any) -> dict[str, str]:
+    # the champion's settings define what is comparable; a champion without any yields to the version registering
+    # now (it becomes the first comparable champion)
+    return (_settings(champion) if champion is not None else {}) or _settings(candidate)
+
+
+def _settle_champion(client: Any, name: str, version: str, gate_metric: str) -> tuple[Any | None, Any | None]:
+    """Point `champion` at the best version comparable with it (`_best`), looking again after every move until it
+    already does (see the module docstring, "Races"). `version`: the one registering now. Returns the champion
+    before and after."""
+    gate_tag = f"{SCORE_PREFIX}{gate_metric}"
+    previous: Any | None = None
+    for round_ in range(_GATE_ROUNDS):
+        versions = {str(v.version): v for v in _all_versions(client, name)}
+        champion = _alias_version(client, name, CHAMPION)
+        if round_ == 0:
+            previous = champion
+        if champion is not None:
+            versions.setdefault(str(champion.version), champion)  # created after our listing: a contender too
+        mine = versions.get(version) or client.get_model_version(name, version)
+        best = _best(list(versions.values()), champion, gate_tag, _like(champion, mine))
+        if best is None or (champion is not None and str(best.version) == str(champion.version)):
+            return previous, champion
+        _retry_conflicts(client.set_registered_model_alias, name, CHAMPION, str(best.version))
+    log.warning("the champion of %s did not settle in %d rounds: concurrent registrations keep moving it; the last "
+                "of them settles it", name, _GATE_ROUNDS)
+    return previous, _alias_version(client, name, CHAMPION)
+
+
+def _decision(mine: Any, gate_metric: str, previous: Any | None, champion: Any | None) -> str:
+    """Why `champion` does or does not point at `mine` (its `gate.decision` tag); `previous`: the champion before."""
+    gate_tag = f"{SCORE_PREFIX}{gate_metric}"
+    value = _as_float(mine.tags.get(gate_tag))
+    refused = _refusal(mine)
+    if refused:
+        return f"{refused}: the gate refuses it, candidate only"
+    theirs = _settings(champion) if champion is not None else {}
+    differ = settings_differences(_settings(mine), theirs) if theirs else []
+    if differ:
+        more = f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""
+        return (f"evaluation settings differ from champion v{champion.version}'s: "
+                f"{'; '.join(differ[:3])}{more}: not comparable, candidate only")
+    if champion is None or str(champion.version) != str(mine.version):
+        held = _as_float(champion.tags.get(gate_tag)) if champion is not None else None
+        if champion is None or held is None:  # only when `mine` lost to another racer's version in the meantime
+            return "candidate only"
+        return f"{gate_metric} {value:.4g} <= champion v{champion.version}'s {held:.4g}: candidate only"
+    if previous is None:
+        return "first version: champion"
+    if str(previous.version) == str(mine.version):
+        return mine.tags.get(TAG_GATE_DECISION) or "already champion"
+    if not _settings(previous):
+        return (f"champion v{previous.version} has no evaluation settings tags (eval.*), so it is not comparable: "
+                "this version becomes the first comparable champion")
+    if _refusal(previous):
+        return f"champion v{previous.version} is {_refusal(previous)}: replaced"
+    before = _as_float(previous.tags.get(gate_tag))
+    if before is None:
+        return f"champion v{previous.version} has no {gate_tag} tag: counted as beaten"
+    return f"{gate_metric} {value:.4g} > champion v{previous.version}'s {before:.4g}"
+
+
+def _retry_conflicts(write: Any, *args: Any) -> Any:
+    """Run an idempotent registry write (a tag, an alias); again, after a short jittered pause, when the tracking
+    server's database reports a conflict with a concurrent write of the same row (the next attempt updates it)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(_WRITE_ATTEMPTS):
+        try:
+            return write(*args)
+        except MlflowException as e:
+            if attempt == _WRITE_ATTEMPTS - 1 or not _CONFLICT.search(str(e)):
+                raise
+            log.info("registry write conflicted with a concurrent one, retrying: %s", str(e).splitlines()[0][:200])
+        time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
+
+
+def _all_versions(client: Any, name: str) -> list[Any]:
+    """Every version of `name`, with its tags (every page)."""
+    out: list[Any] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = '{_quote(name)}'", page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 def _client() -> Any:
