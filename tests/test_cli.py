@@ -58,9 +58,9 @@ def test_usage_mistakes_are_one_line(capsys, args, fragments):
 
 def test_a_bad_value_is_one_line_and_writes_nothing(capsys, tmp_path):
     code, _, err = run_main(capsys, "data", "synth", "-o", tmp_path / "x", "--rows", "abc")
-    assert_one_line_error(code, err, "'--rows'", "valid integer", "see 'vigos data synth --help'")
-    code, _, err = run_main(capsys, "data", "synth", "-o", tmp_path / "x", "--rows", "0")
-    assert_one_line_error(code, err, "'--rows'", "greater than or equal to 1")
+    assert_one_line_error(code, err, "'--rows' / '-n' ('abc')", "valid integer", "see 'vigos data synth --help'")
+    code, _, err = run_main(capsys, "data", "synth", "-o", tmp_path / "x", "--rows=0")
+    assert_one_line_error(code, err, "('0')", "greater than or equal to 1")
     assert not (tmp_path / "x").exists()
 
 

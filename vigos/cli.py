@@ -76,13 +76,31 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
-def _usage_line(e: Exception) -> str:
-    """`error: <typer's message> (see '<command> --help')` for a usage error."""
+def _usage_line(e: Exception, args: list[str] | None = None) -> str:
+    """`error: <typer's message> (see '<command> --help')` for a usage error; a refused value is quoted in it
+    (typer's own wording, e.g. "Input should be a valid integer", does not repeat what was typed)."""
     message = _one_line(e.format_message() if hasattr(e, "format_message") else str(e))
+    given = _given_value(getattr(e, "param", None), args or [])
+    if given is not None and repr(given) not in message:
+        message = message.replace(":", f" ({given!r}):", 1) if ":" in message else f"{message} ({given!r})"
     ctx = getattr(e, "ctx", None)
     if ctx is not None:
         return f"error: {message.rstrip('.')} (see '{ctx.command_path} --help')"
     return f"error: {message}"
+
+
+def _given_value(param, args: list[str]) -> str | None:
+    """What the user typed for option `param` (the last occurrence wins, as in click), or None."""
+    found = None
+    for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
+        if not opt.startswith("-"):
+            continue
+        for i, arg in enumerate(args):
+            if arg == opt and i + 1 < len(args):
+                found = args[i + 1]
+            elif arg.startswith(f"{opt}="):
+                found = arg[len(opt) + 1:]
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     except usage_errors as e:
         if debug or _state["debug"]:
             raise
-        typer.secho(_usage_line(e), fg="red", err=True)
+        typer.secho(_usage_line(e, args), fg="red", err=True)
         sys.exit(getattr(e, "exit_code", 2) or 2)
     except (typer.Abort, KeyboardInterrupt):
         typer.secho("aborted", fg="red", err=True)
