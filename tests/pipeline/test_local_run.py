@@ -45,7 +45,7 @@ def test_local_dag_end_to_end(tracking_env, tmp_path):
     assert stats["rows_out"] == 48
     # the parent run is a row of the runs table worth comparing: settings, source commit, training data
     assert parent.data.params["preset"] == "tiny" and parent.data.params["lora.r"] == "8"
-    assert parent.data.params["data.source"].endswith("synthetic-48-0") and "eval.k" in parent.data.params
+    assert parent.data.params["data.source"].endswith("synthetic-48-0") and "eval.n_samples" in parent.data.params
     assert "eval.model" not in parent.data.params  # it differs between the two evaluations: theirs only
     assert parent.data.tags.get("mlflow.source.git.commit") == tracking.source_commit()
     (used,) = parent.inputs.dataset_inputs
