@@ -11,6 +11,7 @@ import sys
 import typer
 
 from vigos.errors import VigosError
+from vigos.redact import redact
 
 app = typer.Typer(
     name="vigos",
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     except VigosError as e:
         if debug or _state["debug"]:
             raise
-        typer.secho(f"error: {_one_line(e)}", fg="red", err=True)
+        typer.secho(f"error: {redact(_one_line(e))}", fg="red", err=True)
         sys.exit(2)
     except usage_errors as e:
         if debug or _state["debug"]:

@@ -23,6 +23,7 @@ from typing import Any
 from vigos import volume
 from vigos.config import VigosConfig, load_config
 from vigos.errors import VigosError
+from vigos.redact import redact
 
 
 @dataclass
@@ -65,7 +66,7 @@ def _one_line_errors(step):
         try:
             return step(*args, **kwargs)
         except VigosError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return wrapper

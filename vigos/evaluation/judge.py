@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigos.errors import VigosError
+from vigos.redact import redact
 
 if TYPE_CHECKING:  # pragma: no cover
     from vigos.config import EvalConfig
@@ -255,10 +256,11 @@ class Judge:
                     "check eval.judge_base_url, eval.judge_model and the API key's environment variable"
                 ) from None
             except (openai.APIError, JudgeReplyError) as e:
-                # Type and message only: the client's messages carry no credentials, and we never print headers.
+                # Type and message only, redacted: an error's message quotes the server's reply, and a server may
+                # quote the credential it refused.
                 log.warning(
                     "judge attempt %d/%d failed: %s: %s", attempt + 1, self.max_retries + 1, type(e).__name__,
-                    str(e)[:200],
+                    redact(str(e))[:200],
                 )
                 if attempt < self.max_retries:
                     self._sleep(min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2**attempt))
