@@ -193,12 +193,13 @@ def _usage_error_type() -> type[Exception]:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a user's mistake is one `error: ...` line on stderr, never a traceback."""
     from vigos.errors import VigosError
+    from vigos.redact import redact
 
     usage_error = _usage_error_type()
     try:
         result = app(args=argv, standalone_mode=False, prog_name="python -m pipeline")
     except VigosError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
+        typer.secho(f"error: {redact(str(e))}", fg="red", err=True)
         sys.exit(getattr(e, "exit_code", 2))
     except usage_error as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # the help is already printed

@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 import yaml
 
 from vigos.errors import VigosError
+from vigos.redact import redact
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
@@ -201,7 +202,7 @@ def _error_text(body: Any) -> str:
             text = str(data.get("message") or data.get("error_message") or data.get("error") or text)
     if text.lstrip().startswith("<"):  # an HTML page: a login form or a proxy's error page
         return "an HTML page"
-    return " ".join(text.split())[:300]
+    return " ".join(redact(text).split())[:300]  # a server may quote the token it refused
 
 
 def _endpoint_error(e: BaseException, host: str, action: str) -> EndpointError | None:

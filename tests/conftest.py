@@ -64,9 +64,16 @@ def serve():
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def mlflow_store(tmp_path_factory):
+    """The folder of the session's MLflow server: its SQLite database and artifact store, for tests that search
+    what the server keeps on disk."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_store):
     """A real MLflow tracking server for the session; yields its URI. Stopped at the end."""
-    root = tmp_path_factory.mktemp("mlflow")
+    root = mlflow_store
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     with served(lambda port: [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from vigos.errors import VigosError, disk_error
+from vigos.redact import redact
 
 app = typer.Typer(
     name="vigos",
@@ -118,17 +119,17 @@ def main(argv: list[str] | None = None) -> None:
     except VigosError as e:
         if debug or _state["debug"]:
             raise
-        typer.secho(f"error: {_one_line(e)}", fg="red", err=True)
+        typer.secho(f"error: {redact(_one_line(e))}", fg="red", err=True)
         sys.exit(2)
     except OSError as e:  # a full or read-only disk met by a write no library call wraps (the file is named)
         if debug or _state["debug"] or (disk := disk_error(e)) is None:
             raise
-        typer.secho(f"error: {_one_line(disk)}", fg="red", err=True)
+        typer.secho(f"error: {redact(_one_line(disk))}", fg="red", err=True)
         sys.exit(2)
     except usage_errors as e:
         if debug or _state["debug"]:
             raise
-        typer.secho(_usage_line(e, args), fg="red", err=True)
+        typer.secho(redact(_usage_line(e, args)), fg="red", err=True)
         sys.exit(getattr(e, "exit_code", 2) or 2)
     except (typer.Abort, KeyboardInterrupt):
         typer.secho("aborted", fg="red", err=True)

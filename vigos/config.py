@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from vigos.errors import VigosError
+from vigos.redact import has_password, redact
 
 
 class ConfigError(VigosError, ValueError):
@@ -338,6 +339,7 @@ _NOTES = {  # what the boundary means, where it is not obvious
     "train.sample_log_steps": " (0: off)",
     "train.max_grad_norm": " (0: no clipping)",
 }
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BOUND = re.compile(r"^(>=|>|<=|<)\s*(-?[\d.e+-]+)$")
 _INTERVAL = re.compile(r"^([\[(])\s*(-?[\d.e+-]+)\s*,\s*(-?[\d.e+-]+)\s*([\])])$")
 
@@ -367,6 +369,17 @@ def validate(cfg: VigosConfig, origins: typing.Mapping[str, str] | None = None) 
         where = origins.get(key, f"preset {cfg.preset}")
         allowed = f"in {rule}" if rule[0] in "[(" else rule
         raise ConfigError(f"{where}: {key} is {value!r}; it must be {allowed}{_NOTES.get(key, '')}")
+    for key, value in flat.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and has_password(item.split("=", 1)[-1]):  # eval.sources: `name=URL`
+                where = origins.get(key, f"preset {cfg.preset}")  # an override's origin quotes the URL too
+                raise ConfigError(redact(f"{where}: {key} is {item!r}, a URL with a password, which would be logged "
+                                         "with the config; remove it (a key or token goes in the environment "
+                                         "variable the config names, e.g. eval.judge_api_key_env)"))
+        if key.endswith("_env") and not _ENV_NAME.match(str(value)):
+            raise ConfigError(f"{origins.get(key, f'preset {cfg.preset}')}: {key} is not an environment variable "
+                              "name (letters, digits, _); it names the variable that holds the secret, never the "
+                              "secret itself")
     if cfg.model.min_pixels > cfg.model.max_pixels:
         where = origins.get("model.min_pixels") or origins.get("model.max_pixels") or f"preset {cfg.preset}"
         raise ConfigError(f"{where}: model.min_pixels ({cfg.model.min_pixels}) is larger than model.max_pixels "

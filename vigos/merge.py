@@ -84,10 +84,10 @@ def merge(
 ) -> MergeResult:
     import torch
     from peft import PeftModel
-    from transformers import AutoProcessor, GenerationConfig
+    from transformers import GenerationConfig
 
     from vigos.config import ModelConfig
-    from vigos.modeling.load import load_model
+    from vigos.modeling.load import load_model, processor_from
 
     t0 = time.perf_counter()
     adapter_dir, out = Path(adapter_dir), Path(output_dir)
@@ -102,7 +102,7 @@ def merge(
     model_cfg = ModelConfig(name_or_path=base, dtype=dtype)
     model = PeftModel.from_pretrained(load_model(model_cfg, device="cpu"), str(adapter_dir)).eval()
     processor_src = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base
-    processor = AutoProcessor.from_pretrained(processor_src)
+    processor = processor_from(processor_src)
     probe = _probe_inputs(processor)
     expected = _logits(model, probe)
     with model.disable_adapter():

@@ -23,6 +23,7 @@ from typing import Any
 from vigos import volume
 from vigos.config import VigosConfig, load_config
 from vigos.errors import VigosError, disk_error
+from vigos.redact import redact
 
 
 @dataclass
@@ -69,12 +70,12 @@ def _one_line_errors(step):
         try:
             return step(*args, **kwargs)
         except VigosError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         except OSError as e:  # a full or read-only disk met by a write no library call wraps (the file is named)
             if (disk := disk_error(e)) is None:
                 raise
-            print(f"error: {disk}", file=sys.stderr, flush=True)
+            print(f"error: {redact(str(disk))}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return wrapper

@@ -28,6 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vigos.errors import VigosError
+from vigos.redact import has_password, redact
+
 PARENT_ROLE = "pipeline"
 TAG_KFP_RUN = "kfp.run_id"
 TAG_ROLE = "vigos.role"
@@ -43,6 +46,9 @@ def vigos_home() -> Path:
 
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and has_password(uri):  # MLflow itself prints the URI (`View run at ...`), and it reaches subprocesses
+        raise VigosError(f"MLFLOW_TRACKING_URI={redact(uri)} carries a password; remove it from the URI and set "
+                         "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
     if uri:
         return uri
     home = vigos_home()
@@ -222,7 +228,7 @@ def _log_params_to(client, run_id: str, params: dict[str, Any]) -> None:
 
 
 def _param_value(v: Any) -> str:
-    s = "None" if v is None else str(v)
+    s = "None" if v is None else redact(str(v))
     return s[:6000]
 
 
@@ -253,7 +259,7 @@ def finish_parent(kfp_run_id: str, experiment: str, status: str, kfp_state: str 
     run_id = parent_run_id(kfp_run_id, experiment)
     client.set_tag(run_id, "kfp.final_state", kfp_state or status)
     if error_message:
-        client.set_tag(run_id, "kfp.error", error_message[:5000])
+        client.set_tag(run_id, "kfp.error", redact(error_message)[:5000])
     client.set_terminated(run_id, status=status)
     return run_id
 

@@ -144,7 +144,8 @@ def test_the_names_the_pipeline_uses_exist(rendered):
     # a short name: it resolves to the Service of the reading pod's namespace, which is the ConfigMap's own
     assert _get(docs, "ConfigMap", dag.MLFLOW_CONFIG_MAP)["data"] == {"tracking_uri": "http://mlflow:5000"}
     secrets = {dag.HF_TOKEN_SECRET: {"token"}, dag.MLFLOW_CREDENTIALS_SECRET: {"username", "password"},
-               "vigos-judge": {"api_key"}, "mlflow-postgres": {"password"}}
+               "vigos-judge": {"api_key"}, "mlflow-postgres": {"password"},
+               "mlflow-auth": {"admin_username", "admin_password", "flask_secret_key"}}
     for name, keys in secrets.items():
         secret = _get(docs, "Secret", name)
         assert set(secret.get("stringData", {})) | set(secret.get("data", {})) == keys, name
@@ -213,6 +214,29 @@ def test_mlflow_server_allows_the_in_cluster_names_and_reads_the_db_password_fro
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes[mounts["/mlflow/artifacts"]]["persistentVolumeClaim"]["claimName"] == "mlflow-artifacts"
+
+
+def test_mlflow_server_runs_behind_basic_auth_reachable_from_its_namespace_only(rendered):
+    """MLflow's basic-auth app with the admin and the CSRF key from the Secret `mlflow-auth` (never in the pod spec
+    or the ConfigMap), and a NetworkPolicy admitting port 5000 from pods of the namespace only."""
+    _, docs = rendered
+    spec, container = _mlflow_container(docs)
+    assert _args(container)["--app-name"] == "basic-auth"
+    env = {e["name"]: e for e in container["env"]}
+    for name, key in (("MLFLOW_AUTH_ADMIN_USERNAME", "admin_username"),
+                      ("MLFLOW_AUTH_ADMIN_PASSWORD", "admin_password"),
+                      ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask_secret_key")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth", "key": key}, name
+    config_dir = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"]).parent
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = {v["name"]: v for v in spec["volumes"]}[mounts[str(config_dir)]]
+    ini = _get(docs, "ConfigMap", volume["configMap"]["name"])["data"]["basic_auth.ini"]
+    assert "database_uri = postgresql://mlflow@mlflow-postgres:5432/mlflow" in ini  # PGPASSWORD: no password here
+    assert "admin_password" not in ini and "default_permission = READ" in ini
+    policy = _get(docs, "NetworkPolicy", "mlflow")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 5000}]}]
 
 
 def test_every_container_runs_non_root_with_resource_limits(rendered):
@@ -339,33 +363,119 @@ def test_readme_covers_namespace_istio_kfp_version_and_retries():
     assert "http://mlflow:5000" in readme and "2.16.0" in readme
 
 
-@pytest.mark.skipif(os.environ.get("VIGOS_SKIP_MLFLOW_SERVER") == "1", reason="VIGOS_SKIP_MLFLOW_SERVER=1")
-def test_mlflow_server_with_the_manifest_args_accepts_in_cluster_hosts_and_rejects_others(a100, tmp_path, serve):
-    """The manifest's exact --allowed-hosts/--workers/--serve-artifacts on this MLflow (the image's version), with
-    SQLite in place of PostgreSQL: in-cluster Host headers pass, a foreign one gets 403."""
+ADMIN = ("admin", "admin-password-for-tests")
+needs_server = pytest.mark.skipif(os.environ.get("VIGOS_SKIP_MLFLOW_SERVER") == "1",
+                                  reason="VIGOS_SKIP_MLFLOW_SERVER=1")
+
+
+@pytest.fixture(scope="module")
+def manifest_server(a100, tmp_path_factory, serve):
+    """The manifest's MLflow server on this MLflow (the image's version): its exact args (basic-auth app,
+    --allowed-hosts, --serve-artifacts) and the auth settings of its ConfigMap, with SQLite in place of PostgreSQL
+    and the admin/secret-key env its Secret gives. Yields (base URL, port)."""
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (mlflow[auth]): "
+                                            "`pip install -e '.[dev]'`")
+    tmp_path = tmp_path_factory.mktemp("manifest-mlflow")
     _, container = _mlflow_container(a100)
     args = _expanded(container, "vigos")
     args = [a for a in args if not a.startswith(("--backend-store-uri", "--artifacts-destination", "--port",
                                                   "--host", "--workers"))]
+    ini = _get(a100, "ConfigMap", "mlflow-auth")["data"]["basic_auth.ini"]
+    ini = re.sub(r"(?m)^database_uri = .*$", f"database_uri = sqlite:///{tmp_path / 'auth.db'}", ini)
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    env = {e["name"] for e in container["env"]}
+    assert {"MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= env
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+           "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
     command = lambda port: [  # noqa: E731
         str(Path(sys.executable).with_name("mlflow")), "server", *args, "--workers=1", "--host=127.0.0.1",
         f"--port={port}", f"--backend-store-uri=sqlite:///{tmp_path / 'db.sqlite'}",
         f"--artifacts-destination={tmp_path / 'artifacts'}"]
-    with serve(command, tmp_path / "server.log", timeout_s=90) as base:
-        port = base.rsplit(":", 1)[1]
+    with serve(command, tmp_path / "server.log", timeout_s=120, env=env) as base:
+        yield base, base.rsplit(":", 1)[1]
 
-        def status(host: str) -> int:
-            req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
-                                         headers={"Host": host})
-            try:
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    return r.status
-            except urllib.error.HTTPError as e:
-                return e.code
 
-        for host in IN_CLUSTER_HOSTS:
-            assert status(f"{host}:5000") == 200, host
-        assert status("mlflow.vigos.svc.cluster.local") == 200
-        assert status(f"localhost:{port}") == 200  # kubectl port-forward
-        assert status("evil.example.com") == 403
+def _status(url: str, host: str | None = None, auth: tuple[str, str] | None = None, data: dict | None = None) -> int:
+    import base64
+    import json
 
+    headers = {"Host": host} if host else {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    body = None
+    if data is not None:
+        body, headers["Content-Type"] = json.dumps(data).encode(), "application/json"
+    try:
+        # generous: the auth app hashes the password (PBKDF2) on every request, slow on a busy test machine
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@needs_server
+def test_mlflow_server_with_the_manifest_args_accepts_in_cluster_hosts_and_rejects_others(manifest_server):
+    """In-cluster Host headers pass, a foreign one gets 403."""
+    base, port = manifest_server
+    search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+    for host in IN_CLUSTER_HOSTS:
+        assert _status(search, f"{host}:5000", ADMIN) == 200, host
+    assert _status(search, "mlflow.vigos.svc.cluster.local", ADMIN) == 200
+    assert _status(search, f"localhost:{port}", ADMIN) == 200  # kubectl port-forward
+    assert _status(search, "evil.example.com", ADMIN) == 403
+
+
+@needs_server
+def test_mlflow_server_accepts_writes_only_from_signed_in_users(manifest_server, monkeypatch):
+    """Without credentials nothing is read or written (401; /health stays open for the probes). The one-off Job
+    creates the pipeline's user (and sets its password when run again), printing no password; the project's own
+    tracking code, given that user in MLFLOW_TRACKING_USERNAME/PASSWORD as the pipeline's Secret gives it, logs a
+    step run; a wrong password is refused, and another signed-in user may read the pipeline's runs but not write."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+
+    from vigos import tracking
+
+    base, _ = manifest_server
+    assert _status(f"{base}/health") == 200
+    assert _status(f"{base}/api/2.0/mlflow/experiments/create", data={"name": "anonymous"}) == 401
+    assert _status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1") == 401
+
+    job = yaml.safe_load((K8S / "jobs/mlflow-pipeline-user.yaml").read_text())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    pipeline_user = ("vigos-pipeline", "pipeline-password-for-tests")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": base, "MLFLOW_TRACKING_USERNAME": ADMIN[0],
+           "MLFLOW_TRACKING_PASSWORD": ADMIN[1], "PIPELINE_USERNAME": pipeline_user[0],
+           "PIPELINE_PASSWORD": pipeline_user[1]}
+    assert {e["name"] for e in container["env"]} >= set(env) - set(os.environ)
+    assert container["command"][0] == "python"  # the image's; here this environment's
+    command = [sys.executable, *container["command"][1:]]
+    for expected in ("created MLflow user vigos-pipeline", "MLflow user vigos-pipeline exists; password set"):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and expected in result.stdout, result.stderr[-2000:]
+        assert ADMIN[1] not in result.stdout + result.stderr and pipeline_user[1] not in result.stdout
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", pipeline_user[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", pipeline_user[1])
+    mlflow.set_tracking_uri(base)
+    with tracking.step_run("probe", kfp_run_id="auth-1", experiment="vigos-auth", params={"probe": 1}) as run:
+        tracking.log_metrics({"ok": 1.0})
+    assert MlflowClient().get_run(run.info.run_id).data.params == {"probe": "1"}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+    AuthServiceClient(base).create_user("someone", "someone-password")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "someone")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "someone-password")
+    assert MlflowClient().get_run(run.info.run_id).data.params == {"probe": "1"}  # default permission: READ
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+        MlflowClient().log_param(run.info.run_id, "tampered", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", pipeline_user[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+    with pytest.raises(MlflowException, match="401"):
+        tracking.parent_run_id("auth-2", "vigos-auth")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigos.errors import VigosError
+from vigos.redact import redact
 
 if TYPE_CHECKING:  # pragma: no cover
     from vigos.config import EvalConfig
@@ -318,10 +319,11 @@ class Judge:
                 ) from None
             # json.JSONDecodeError: the client could not read the HTTP body itself (a 200 cut short)
             except (openai.APIError, JudgeReplyError, json.JSONDecodeError) as e:
-                # Type and message only: the client's messages carry no credentials, and we never print headers.
+                # Type and message only, redacted: an error's message quotes the server's reply, and a server may
+                # quote the credential it refused.
                 log.warning(
                     "judge attempt %d/%d failed: %s: %s", attempt + 1, self.max_retries + 1, type(e).__name__,
-                    str(e)[:200],
+                    redact(str(e))[:200],
                 )
                 if attempt < self.max_retries:
                     self._sleep(self._backoff_s(attempt, e))

@@ -2,6 +2,10 @@
 
 The same calls serve the real 7B model (a Hub id or a local folder) and the tiny random model of
 `vigos.modeling.tiny`. torch/transformers are imported inside the functions so importing this module is cheap.
+
+This module is the one place the project loads a model or a processor (tests/faults/test_secrets.py checks): every
+load passes `trust_remote_code=False`. Qwen2.5-VL is implemented by transformers itself, so code shipped inside a
+model repository (an `auto_map` in its config) is never needed, and never run, whatever the repository asks for.
 """
 
 from __future__ import annotations
@@ -48,16 +52,22 @@ def resolve_model_source(name_or_path: str) -> str:
     )
 
 
+def processor_from(source: str | Path) -> Any:
+    """The processor saved in `source` (a folder or a Hub id) as it is, without running code from it."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(source, trust_remote_code=False)
+
+
 def load_processor(cfg: ModelConfig, padding_side: str = "left") -> Any:
     """`AutoProcessor` with the config's image pixel budget and left padding (for batched generation)."""
-    from transformers import AutoProcessor
     from transformers.image_utils import SizeDict
 
     source = resolve_model_source(cfg.name_or_path)
     if cfg.min_pixels > cfg.max_pixels:
         raise VigosError(f"model.min_pixels ({cfg.min_pixels}) is larger than model.max_pixels ({cfg.max_pixels})")
     try:
-        processor = AutoProcessor.from_pretrained(source)
+        processor = processor_from(source)
     except OSError as e:
         raise _load_error("processor", source, e) from e
     # Set the budget on the image processor itself. Passing min_pixels/max_pixels to from_pretrained (the Qwen
@@ -84,7 +94,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device | None = None) -> An
     if device is not None:
         kwargs["device_map"] = str(device)
     try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **kwargs)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, trust_remote_code=False, **kwargs)
     except OSError as e:
         raise _load_error("model", source, e) from e
     except ImportError as e:

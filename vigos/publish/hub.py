@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vigos.errors import VigosError
+from vigos.redact import redact
 from vigos.volume import sha256_file
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _upload(folder: Path, *, repo_id: str, private: bool, token: str) -> str:
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                           commit_message="Upload ViGOS model (vigos publish hub)")
     except _hub_errors() as e:
-        message = str(e).replace(token, "***").splitlines()[0][:300] if str(e) else type(e).__name__
+        message = redact(str(e), also=[token]).splitlines()[0][:300] if str(e) else type(e).__name__
         raise VigosError(f"could not {step} for {repo_id} on the Hugging Face Hub: {message} "
                          "(check the network and the token's write access; re-running resumes the upload)") from None
     log.info("uploaded %s to %s", folder, url)
