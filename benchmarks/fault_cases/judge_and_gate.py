@@ -8,7 +8,7 @@ The fault helpers here are shared with tests/faults/test_judge_and_gate.py:
   racer between reading the champion and writing it, so another registration runs to the end in between.
 - `conflict_once`: the tracking server's reply to a write that lost a race for the same database row
   (`sqlite3.IntegrityError`, UNIQUE constraint), injected once at the registry's client.
-- `mlflow_server`: a real `mlflow server` (SQLite) for the benchmark; the tests use the conftest fixture.
+- `mlflow_server` (in `fault_cases`): a real `mlflow server` for the benchmark; the tests use the conftest fixture.
 
 Each benchmark row runs the fault, then the recovery a user would run, and counts what was lost: questions scored
 under a wrong label or a wrong champion.
@@ -20,11 +20,8 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from fault_cases import Outcome
+from fault_cases import Outcome, mlflow_server
 
 Action = int | tuple[int, dict[str, str]] | str
 """A scripted reply: an HTTP status (with headers), "truncated" (a 200 cut in half), "slow" (held until the
@@ -261,42 +258,6 @@ def conflict_once(method: str) -> Iterator[list[str]]:
         yield hit
     finally:
         registry._client = original
-
-
-@contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """A real `mlflow server` (SQLite, one worker) on a free 127.0.0.1 port; MLFLOW_TRACKING_URI points at it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    log = open(root / "mlflow.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                             f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"mlflow server did not start: {(root / 'mlflow.log').read_text()[-2000:]}") from None
-                time.sleep(0.3)
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        yield uri
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
-        log.close()
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------
