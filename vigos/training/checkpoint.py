@@ -148,22 +148,20 @@ def commit(ckpt: Path, step: int, world_size: int) -> None:
     fault_point(MARKER)
 
 
-def verify(ckpt: Path, world_size: int) -> tuple[dict[str, Any] | None, str]:
-    """(`ckpt`'s marker, "") when it is complete and intact for a run of `world_size` ranks, else (None, why not)."""
+def verify(ckpt: Path) -> tuple[dict[str, Any] | None, str]:
+    """(`ckpt`'s marker, "") when it is complete and intact (every rank's RNG state included), else (None, why)."""
     marker = ckpt / MARKER
     if not marker.is_file():
         return None, f"no {MARKER} (its save was interrupted)"
+    text = marker.read_text()  # an I/O error is raised, not taken for a torn checkpoint (and skipped)
     try:
-        manifest = json.loads(marker.read_text())
+        manifest = json.loads(text)
         saved_by = int(manifest["world_size"])
         int(manifest["step"])
         files = {rel: (int(w["bytes"]), str(w["sha256"])) for rel, w in manifest["files"].items()}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         return None, f"its {MARKER} is unreadable ({type(e).__name__}: {e})"
-    if saved_by != world_size:
-        # each rank resumes its own RNG stream: another layout would lose the RNG state
-        return None, f"it was saved by {saved_by} process(es), this run has {world_size}"
-    missing_rng = [rng_file(r) for r in range(world_size) if rng_file(r) not in files]
+    missing_rng = [rng_file(r) for r in range(saved_by) if rng_file(r) not in files]
     if missing_rng:
         return None, f"its {MARKER} lists no {missing_rng[0]} (no RNG state)"
     for rel, (size, sha256) in files.items():
@@ -177,11 +175,11 @@ def verify(ckpt: Path, world_size: int) -> tuple[dict[str, Any] | None, str]:
     return manifest, ""
 
 
-def newest_complete(folder: Path, world_size: int, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+def newest_complete(folder: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
     """The newest verified checkpoint under `folder` and its marker, or None; each newer one skipped is `warn`ed
     about with the reason."""
     for _, ckpt in reversed(step_folders(folder)):
-        manifest, why = verify(ckpt, world_size)
+        manifest, why = verify(ckpt)
         if manifest is not None:
             return ckpt, manifest
         warn(f"checkpoint {ckpt} is not usable: {why}; trying the previous one")

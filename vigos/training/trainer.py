@@ -488,12 +488,15 @@ class ViGOSTrainer:
         when there is none. Torn or interrupted newer ones are skipped with a warning (rank 0)."""
         folder = self.output_dir / CHECKPOINTS
         warn = (lambda m: print(f"[vigos] warning: {m}", flush=True)) if self.dist.is_main else (lambda m: None)
-        found = checkpoint.newest_complete(folder, self.dist.world_size, warn)
+        found = checkpoint.newest_complete(folder, warn)
         if found is None:
             if checkpoint.step_folders(folder):
                 warn(f"no complete checkpoint in {folder}; training starts from step 0")
             return 0, []
         ckpt, marker = found
+        if marker["world_size"] != self.dist.world_size:  # each rank resumes its own RNG stream: not skippable
+            raise VigosError(f"checkpoint {ckpt} was saved by {marker['world_size']} process(es), this run has "
+                             f"{self.dist.world_size}; rerun with {marker['world_size']}, or delete {folder} to start over")
         fix = f"delete {ckpt} to resume from the checkpoint before it, or {folder} to start over"
         try:  # verified against its marker, so a failure here is not a torn file but a checkpoint we cannot read
             load_path, client = self.engine.load_checkpoint(
