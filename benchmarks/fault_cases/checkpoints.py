@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,9 @@ except ImportError:  # imported by the tests, where benchmarks/ is not on the pa
 BOUNDARIES = ("begin", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "rng_rank0.pt",
               "adapter", "history.json", "complete.json", "rotated")
 OPTIM = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+LABELS = dict(zip(BOUNDARIES, ("at its start", "after DeepSpeed's model file", "after DeepSpeed's optimizer file",
+                              "after the RNG state", "after the adapter", "after the history",
+                              "after the marker (committed)", "after the rotation"), strict=True))
 
 # two optimizer steps of one row, a checkpoint after each (the fault hits the second save, so a complete first
 # one exists); short completions keep a step about a second on CPU
@@ -135,7 +139,7 @@ def run(workdir: Path, runs: int) -> list[Outcome]:
     def case(fault: str, inject: Callable[[Path], None], unit: str = "bytes") -> Outcome:
         survived, lost, times = 0, 0.0, []
         for i in range(runs):
-            out = workdir / f"{fault[:20].replace(' ', '-')}-{i}"
+            out = workdir / f"{re.sub(r'[^a-z0-9]+', '-', fault.lower())[:40]}-{i}"
             shutil.rmtree(out, ignore_errors=True)
             inject(out)
             ok, n, seconds = _rerun(model, data, out, want)
@@ -168,7 +172,7 @@ def run(workdir: Path, runs: int) -> list[Outcome]:
                                                        before=lambda name: truncate(ckpt / name)):
             train(model, data, out)
 
-    rows = [case(f"kill after '{b}' in a checkpoint save", killed_at(b)) for b in BOUNDARIES]
+    rows = [case(f"kill in a save: {LABELS[b]}", killed_at(b)) for b in BOUNDARIES]
     rows.append(case("torn newest checkpoint (optimizer file cut in half)",
                      copy_then(lambda c: truncate(c / OPTIM))))
     rows.append(case("torn RNG file in the newest checkpoint", copy_then(lambda c: truncate(c / "rng_rank0.pt"))))
