@@ -189,7 +189,8 @@ def newest_complete(folder: Path, warn: Callable[[str], None]) -> tuple[Path, di
 def discard(ckpt: Path) -> None:
     """Delete a checkpoint folder, marker first: a half-deleted checkpoint is never taken for a complete one."""
     (ckpt / MARKER).unlink(missing_ok=True)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if ckpt.exists():
+        shutil.rmtree(ckpt)  # errors are the caller's: a save fails with them, rotation warns
 
 
 def to_delete(folder: Path, keep: int, newest: int) -> list[Path]:
