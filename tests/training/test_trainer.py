@@ -13,9 +13,10 @@ import torch
 
 from vigos.config import ConfigError, TrainConfig, load_config
 from vigos.generation import GenerationResult
+from vigos.training.checkpoint import MARKER, to_delete
 from vigos.training.losses import KLTerms
 from vigos.training.objective import combine, teacher_batches
-from vigos.training.trainer import ViGOSTrainer, checkpoints_to_delete, deepspeed_config, rollout_correct
+from vigos.training.trainer import ViGOSTrainer, deepspeed_config, rollout_correct
 
 VALID = "a red square on white</description><think>the square is red</think> \\boxed{red}"
 INVALID = "a red square and no closing tag"
@@ -253,16 +254,18 @@ def test_resume_equals_straight_run(tiny_model_dir, prepared, tmp_path):
     common = ["train.max_steps=4", "train.save_steps=2", "train.global_batch_size=2",
               "train.sample_log_steps=0"]
     straight = make_trainer(tiny_cfg(tiny_model_dir, *common), prepared, tmp_path / "a")
-    straight.train()
+    straight_result = straight.train()
     expected = lora_state(straight.model)
 
     first = make_trainer(tiny_cfg(tiny_model_dir, *common), prepared, tmp_path / "b", interrupt_after_step=2)
     with pytest.raises(KeyboardInterrupt):
         first.train()
-    assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step-2"
+    assert [p.parent.name for p in sorted((tmp_path / "b" / "checkpoints").glob(f"*/{MARKER}"))] == ["step-2"]
     resumed = make_trainer(tiny_cfg(tiny_model_dir, *common), prepared, tmp_path / "b")
     result = resumed.train()
-    assert result.resumed_from == 2 and len(result.history) == 2
+    # the whole run's history: the first two steps come back from the checkpoint
+    assert result.resumed_from == 2 and len(result.history) == 4
+    assert [h["loss"] for h in result.history] == [h["loss"] for h in straight_result.history]
     got = lora_state(resumed.model)
     assert expected.keys() == got.keys()
     for k in expected:
@@ -351,13 +354,15 @@ def test_an_epoch_sees_each_row_once_with_a_short_last_step(tiny_model_dir, prep
 
 
 def test_checkpoints_to_delete(tmp_path):
-    for name in ("step-1", "step-2", "step-3", "step-10", "step-x", "other"):
+    for name in ("step-1", "step-2", "step-3", "step-10", "step-12", "step-x", "other"):
         (tmp_path / name).mkdir()
-    (tmp_path / "latest").write_text("step-10")
+    for name in ("step-1", "step-3", "step-10", "step-12"):  # step-2: an interrupted save (no marker)
+        (tmp_path / name / MARKER).write_text("{}")
     names = lambda paths: [p.name for p in paths]  # noqa: E731
-    assert names(checkpoints_to_delete(tmp_path, 2, {"step-10"})) == ["step-1", "step-2"]  # by number, not name
-    assert names(checkpoints_to_delete(tmp_path, 1, {"step-2"})) == ["step-1", "step-3"]  # protected stays
-    assert checkpoints_to_delete(tmp_path, 5, set()) == []
+    # by number, not name; the unmarked one and the ones past the newest committed (torn, skipped) go too
+    assert names(to_delete(tmp_path, 2, 10)) == ["step-1", "step-2", "step-12"]
+    assert names(to_delete(tmp_path, 1, 3)) == ["step-1", "step-2", "step-10", "step-12"]
+    assert names(to_delete(tmp_path, 5, 12)) == ["step-2"]
 
 
 def test_checkpoint_rotation_and_resume(tiny_model_dir, prepared, tmp_path):
@@ -372,18 +377,18 @@ def test_checkpoint_rotation_and_resume(tiny_model_dir, prepared, tmp_path):
                          prepared, out, texts=[VALID, INVALID], interrupt_after_step=3)
     with pytest.raises(KeyboardInterrupt):
         first.train()
-    assert steps_on_disk() == [2, 3] and (ckpt / "latest").read_text() == "step-3"
+    assert steps_on_disk() == [2, 3] and all((ckpt / f"step-{n}" / MARKER).is_file() for n in (2, 3))
     assert (ckpt / "step-3" / "adapter" / "adapter_config.json").exists()
 
     # a run that has nothing left to do resumes and saves nothing: it deletes nothing, even with a lower limit
     done = make_trainer(tiny_cfg(tiny_model_dir, "train.max_steps=3", "train.save_total_limit=1", *common),
                         prepared, out, texts=[VALID, INVALID])
     result = done.train()
-    assert result.resumed_from == 3 and result.history == [] and steps_on_disk() == [2, 3]
+    assert result.resumed_from == 3 and len(result.history) == 3 and steps_on_disk() == [2, 3]
 
     # the resumed-from checkpoint goes only once this run has saved a newer one (limit 1: just that one stays)
     resumed = make_trainer(tiny_cfg(tiny_model_dir, "train.max_steps=4", "train.save_total_limit=1", *common),
                            prepared, out, texts=[VALID, INVALID])
     result = resumed.train()
-    assert result.resumed_from == 3 and len(result.history) == 1
-    assert steps_on_disk() == [4] and (ckpt / "latest").read_text() == "step-4"
+    assert result.resumed_from == 3 and len(result.history) == 4
+    assert steps_on_disk() == [4] and (ckpt / "step-4" / MARKER).is_file()

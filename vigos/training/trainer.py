@@ -4,8 +4,8 @@ A loop on `deepspeed.initialize`, not an HF `Trainer` subclass, because one opti
 rollout of the step from the current weights in ONE batched generation call, then run the micro-steps over them.
 The HF Trainer owns the micro-step loop (a rollout per `training_step` would break "all rollouts of a step come
 from the same weights" and batch generation badly), and its checkpoints hold no data position. Here a checkpoint
-is adapter + optimizer + scheduler (DeepSpeed) + every rank's RNG + the step (which fixes the data position), and
-a restarted run resumes from the latest one automatically.
+is adapter + optimizer + scheduler (DeepSpeed) + every rank's RNG + the step (which fixes the data position) + the
+metric history, committed by a marker (`checkpoint.py`), and a restarted run resumes from the newest complete one.
 
 Data layout: an epoch is ceil(N / G) optimizer steps over a seeded per-epoch permutation of the N rows, G =
 `train.global_batch_size` = micro-batch x accumulation x world size. Step `s` is step k = s mod ceil(N/G) of its
@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 from collections import defaultdict
@@ -34,8 +33,9 @@ import numpy as np
 import torch
 
 from vigos.config import ConfigError, TrainConfig, VigosConfig
-from vigos.errors import VigosError, disk_writes
+from vigos.errors import VigosError, disk_error, disk_writes
 from vigos.progress import duration
+from vigos.training import checkpoint
 from vigos.training import teachers as T
 from vigos.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from vigos.training.objective import SEGMENTS, combine, segment_kl_terms
@@ -188,14 +188,6 @@ def rollout_correct(completion: str, reference: str, options: Sequence[str] | No
     return grade(extract_answer(completion), reference, answer_type(reference, options), options)
 
 
-def checkpoints_to_delete(folder: Path, keep: int, protect: set[str]) -> list[Path]:
-    """The `step-N` folders under `folder` beyond the newest `keep` (by N), oldest first, except the tags in
-    `protect` (what `latest` points to). `keep` >= 1 (the trainer checks `train.save_total_limit` at start)."""
-    steps = sorted((int(m.group(1)), p) for p in folder.glob("step-*")
-                   if p.is_dir() and (m := re.fullmatch(r"step-(\d+)", p.name)))
-    return [p for _, p in steps[:-keep] if p.name not in protect]
-
-
 def prune_checkpoints(output_dir: Path) -> int:
     """Delete a finished training's checkpoints (the final adapter stays); returns the bytes freed. For after the
     adapter is merged: a 7B run's ZeRO-2 checkpoints are tens of GB each on the shared volume."""
@@ -263,6 +255,7 @@ class ViGOSTrainer:
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(self.cfg, self.dist.world_size),
         )
+        checkpoint.install(self.engine)  # fsynced files, weights-only loads
         self.model = self.engine.module  # the PEFT model (ZeRO-2 keeps parameters whole on every rank)
         self.dtype = next(self.model.parameters()).dtype
         self.generator = self._engine_override or HFEngine(
@@ -279,8 +272,7 @@ class ViGOSTrainer:
     # ---------------------------------------------------------------------------------------------- loop
 
     def train(self) -> TrainResult:
-        start_step = self._resume()
-        history: list[dict[str, float]] = []
+        start_step, history = self._resume()  # the history of the steps before start_step, from the checkpoint
         bar = None
         if self.progress and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -304,7 +296,7 @@ class ViGOSTrainer:
                       f"{metrics['format_valid_rate']:.2f}, {per_step:.1f} s/step, about "
                       f"{duration(per_step * (self.total_steps - done))} left", flush=True)
             if done % self.t.save_steps == 0 or done == self.total_steps:
-                self._save_checkpoint(done)
+                self._save_checkpoint(done, history)
             if self.interrupt_after_step is not None and done == self.interrupt_after_step:
                 raise KeyboardInterrupt(f"interrupted after step {done} (test preemption)")
         if bar is not None:
@@ -315,7 +307,7 @@ class ViGOSTrainer:
         adapter_dir = self._save_final()
         if self.dist.is_main:
             state = {"steps": self.total_steps, "resumed_from": start_step, "history": history}
-            _atomic_write(self.output_dir / "trainer_state.json", json.dumps(state, indent=1))
+            checkpoint.write_durable(self.output_dir / "trainer_state.json", json.dumps(state, indent=1))
         return TrainResult(adapter_dir, self.total_steps, history, resumed_from=start_step)
 
     def _examples(self, step: int) -> list[list[Example | None]]:
@@ -450,54 +442,81 @@ class ViGOSTrainer:
                 }) + "\n")
         self.logger.log_artifact(str(path), "rollouts")
 
-    def _save_checkpoint(self, step: int) -> None:
+    def _save_checkpoint(self, step: int, history: list[dict[str, float]]) -> None:
+        """Write checkpoint `step-<step>` (DeepSpeed files, every rank's RNG state, the adapter, the metric history),
+        then commit it (`checkpoint.commit`). Until the marker is written the checkpoint does not count, so a kill
+        or a full disk anywhere in here leaves the previous one to resume from."""
         folder = self.output_dir / CHECKPOINTS
-        tag = f"step-{step}"
-        # `latest` is written by us, last and atomically, so it only ever names a complete checkpoint (DeepSpeed
-        # would write it before the RNG states and the adapter are on disk); a full disk is one line naming the folder
-        with disk_writes(folder):
-            self.engine.save_checkpoint(str(folder), tag=tag, client_state={"step": step},
-                                        exclude_frozen_parameters=True, save_latest=False)
-            torch.save(_rng_state(), folder / tag / f"rng_rank{self.dist.rank}.pt")
+        ckpt = folder / f"step-{step}"
+        try:
             if self.dist.is_main:
-                self.model.save_pretrained(str(folder / tag / ADAPTER))
-        barrier()  # every rank's files are written
-        if self.dist.is_main:
-            _atomic_write(folder / "latest", tag)
-            self._rotate_checkpoints(folder, tag)
+                checkpoint.discard(ckpt)  # an interrupted save of this step, or a torn one a resume skipped
+            barrier()
+            checkpoint.fault_point("begin")
+            self.engine.save_checkpoint(str(folder), tag=ckpt.name, client_state={"step": step},
+                                        exclude_frozen_parameters=True, save_latest=False)
+            checkpoint.save_torch(_rng_state(), ckpt / checkpoint.rng_file(self.dist.rank))
+            if self.dist.is_main:
+                self.model.save_pretrained(str(ckpt / ADAPTER))
+                checkpoint.fault_point(ADAPTER)
+                checkpoint.write_durable(ckpt / checkpoint.HISTORY, json.dumps(history))
+                checkpoint.fault_point(checkpoint.HISTORY)
+            barrier()  # every rank's files are written
+            if self.dist.is_main:
+                checkpoint.commit(ckpt, step, self.dist.world_size)
+                self._rotate_checkpoints(folder, step)
+                checkpoint.fault_point("rotated")
+        except OSError as e:  # a full or read-only disk: the folder, its free space (`disk_error`)
+            why = disk_error(e, folder) or e
+            raise VigosError(f"could not write checkpoint {ckpt} ({why}); it does not count, a rerun resumes from the "
+                             f"previous complete one in {folder} (free space first if the disk is full)") from e
         barrier()
 
-    def _rotate_checkpoints(self, folder: Path, latest: str) -> None:
-        """Delete the checkpoints beyond the newest `train.save_total_limit` (main rank, after `latest` moved).
+    def _rotate_checkpoints(self, folder: Path, newest: int) -> None:
+        """Delete what `checkpoint.to_delete` names: interrupted saves, torn checkpoints past `newest`, and the
+        committed ones beyond the newest `train.save_total_limit` (main rank, right after committing `newest`).
 
-        Rotation runs only here, right after this run completed a checkpoint newer than the one it resumed from,
-        so the resumed checkpoint is never deleted before a newer one exists; `latest` is always kept."""
-        import shutil
-
-        for old in checkpoints_to_delete(folder, self.t.save_total_limit, {latest}):
+        Rotation runs only here, right after this run committed a checkpoint newer than the one it resumed from,
+        so the resumed checkpoint is never deleted before a newer one exists."""
+        for old in checkpoint.to_delete(folder, self.t.save_total_limit, newest):
             try:
-                shutil.rmtree(old)
+                checkpoint.discard(old)
             except OSError as e:  # a full-disk warning beats losing a multi-hour run to a cleanup failure
                 print(f"[vigos] warning: could not delete old checkpoint {old}: {e}", flush=True)
 
-    def _resume(self) -> int:
+    def _resume(self) -> tuple[int, list[dict[str, float]]]:
+        """(step, metric history) of the newest complete checkpoint, loaded into the engine and the RNGs; (0, [])
+        when there is none. Torn or interrupted newer ones are skipped with a warning (rank 0)."""
         folder = self.output_dir / CHECKPOINTS
-        latest = folder / "latest"
-        if not latest.exists():
-            return 0
-        tag = latest.read_text().strip()
-        load_path, client = self.engine.load_checkpoint(
-            str(folder), tag=tag, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        warn = (lambda m: print(f"[vigos] warning: {m}", flush=True)) if self.dist.is_main else (lambda m: None)
+        found = checkpoint.newest_complete(folder, warn)
+        if found is None:
+            if checkpoint.step_folders(folder):
+                warn(f"no complete checkpoint in {folder}; training starts from step 0")
+            return 0, []
+        ckpt, marker = found
+        if marker["world_size"] != self.dist.world_size:  # each rank resumes its own RNG stream: not skippable
+            raise VigosError(f"checkpoint {ckpt} was saved by {marker['world_size']} process(es), this run has "
+                             f"{self.dist.world_size}; rerun with {marker['world_size']}, or delete {folder} to start over")
+        fix = f"delete {ckpt} to resume from the checkpoint before it, or {folder} to start over"
+        try:  # verified against its marker, so a failure here is not a torn file but a checkpoint we cannot read
+            load_path, client = self.engine.load_checkpoint(
+                str(folder), tag=ckpt.name, load_module_strict=False, load_optimizer_states=True,
+                load_lr_scheduler_states=True)
+            rng = checkpoint.load_torch(ckpt / checkpoint.rng_file(self.dist.rank))
+            _set_rng_state(rng)
+            history = json.loads((ckpt / checkpoint.HISTORY).read_text())
+        except Exception as e:  # noqa: BLE001 - one line naming the checkpoint, not DeepSpeed's bare assert
+            raise VigosError(f"could not load checkpoint {ckpt} ({type(e).__name__}: {e}); {fix}") from e
         if load_path is None:
-            raise VigosError(f"could not load checkpoint {folder / tag}; delete {folder} to start over")
-        rng = folder / tag / f"rng_rank{self.dist.rank}.pt"
-        if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            raise VigosError(f"could not load checkpoint {ckpt}; {fix}")
         step = int(client["step"])
+        if step != marker["step"] or len(history) != step:
+            raise VigosError(f"checkpoint {ckpt} holds step {step} and {len(history)} steps of history, its "
+                             f"{checkpoint.MARKER} says step {marker['step']}; {fix}")
         if self.dist.is_main:
-            print(f"[vigos] resumed from {folder / tag} (step {step} of {self.total_steps})", flush=True)
-        return step
+            print(f"[vigos] resumed from {ckpt} (step {step} of {self.total_steps})", flush=True)
+        return step, history
 
     def _save_final(self) -> Path:
         out = self.output_dir / ADAPTER
@@ -524,12 +543,6 @@ def _eos_ids(model: Any) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -537,15 +550,28 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG of this process in a form `torch.load(weights_only=True)` reads back: tensors, ints, floats, lists
+    (numpy's key as an int64 tensor, not a pickled array)."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"],
+                  "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
+                                                                "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
