@@ -63,9 +63,10 @@ schedule-pipeline: install  ## Same, as a recurring run (CRON='0 0 2 * * 1': Mon
 	$(BIN)/python -m pipeline schedule --params $(PARAMS) --experiment $(EXPERIMENT) --cron '$(CRON)'
 
 # ---- Images and cluster manifests (docker/, k8s/) -------------------------------------------------------------
-# `make images REGISTRY=registry.example.com/vigos` builds and pushes the three images, then writes
-# $(IMAGES_ENV) with their digest-pinned names (VIGOS_CPU_IMAGE, VIGOS_GPU_IMAGE, VIGOS_MLFLOW_IMAGE).
-# compile-pipeline reads build/images.env (components/images.py takes VIGOS_CPU_IMAGE / VIGOS_GPU_IMAGE from the
+# `make images REGISTRY=registry.example.com/vigos` builds and pushes the four images, then writes
+# $(IMAGES_ENV) with their digest-pinned names (VIGOS_CPU_IMAGE, VIGOS_GPU_IMAGE, VIGOS_EVAL_IMAGE,
+# VIGOS_MLFLOW_IMAGE).
+# compile-pipeline reads build/images.env (components/images.py takes VIGOS_CPU_IMAGE / VIGOS_GPU_IMAGE / VIGOS_EVAL_IMAGE from the
 # environment), so a compiled pipeline runs exactly the pushed images.
 REGISTRY ?=
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -79,6 +80,7 @@ MLFLOW_VERSION := 3.17.2
 # name:dockerfile:tag:variable written to $(IMAGES_ENV)
 IMAGE_SPECS := vigos-cpu:docker/cpu.Dockerfile:$(TAG):VIGOS_CPU_IMAGE \
                vigos-cuda:docker/cuda.Dockerfile:$(TAG):VIGOS_GPU_IMAGE \
+               vigos-vllm:docker/vllm.Dockerfile:$(TAG):VIGOS_EVAL_IMAGE \
                vigos-mlflow:docker/mlflow.Dockerfile:$(MLFLOW_VERSION)-$(TAG):VIGOS_MLFLOW_IMAGE
 
 .PHONY: images lint-docker manifests docker-requirements

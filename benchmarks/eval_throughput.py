@@ -18,6 +18,13 @@ for (a) one question per call, dynamic cache (on `--baseline-questions` prompts 
 one HF `generate` call, dynamic cache, (b2) our engine with the dynamic cache, (c) our engine with the static cache +
 compiled decode: first call (compiles), second call, and a third call where half the prompts are longer (other
 left padding): no recompile expected (the dynamo graph count is printed). Needs only torch, transformers and PIL.
+
+`--backend openai --base-url URL --server-model NAME`: the same tiny-run prompts (`--questions` x `--samples`,
+seeds 42+s) through `OpenAIEngine` (eval.backend=openai) against a running OpenAI-compatible server, `--concurrency`
+requests in flight; the processor (prompt rendering, image sizing, the prefill probe) comes from `--processor`
+(default: the tiny model). On CPU against `transformers serve` on the tiny model this is a plumbing number, not a
+speed claim. On a GPU: start `vllm serve <7B folder> --served-model-name m` and pass `--processor <7B folder>`,
+then run the engine on the same prompts (`--model qwen7b-shapes`) for the comparison.
 """
 
 from __future__ import annotations
@@ -307,6 +314,35 @@ def run_qwen7b_shapes(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_server(args: argparse.Namespace) -> dict[str, Any]:
+    """The tiny-run prompts through `OpenAIEngine` against the server at `--base-url`."""
+    from transformers import AutoProcessor
+
+    from vigos.data.prompts import with_prefill
+    from vigos.generation.openai import OpenAIEngine
+
+    folder = args.processor or str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", seed=0))
+    processor = AutoProcessor.from_pretrained(folder)
+    params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
+    requests = []
+    for i in range(args.questions):
+        images = [_image(i, 64)]
+        messages = build_messages(QUESTIONS[i % len(QUESTIONS)], images)
+        prompt = build_prompt_text(processor, messages)
+        requests += [GenerationRequest(prompt, images, seed=42 + s, messages=with_prefill(messages))
+                     for s in range(args.samples)]
+    engine = OpenAIEngine(args.base_url, args.server_model or folder, processor, concurrency=args.concurrency)
+    engine.generate(requests[:1], params)  # the prefill probe and a warm-up, outside the timing
+    started = time.perf_counter()
+    results = engine.generate(requests, params)
+    seconds = time.perf_counter() - started
+    tokens = sum(r.num_tokens for r in results)
+    return {"backend": "openai", "base_url": args.base_url, "route": engine.route.name, "seconds": seconds,
+            "samples": len(results), "tokens": tokens, "samples_per_s": len(results) / seconds,
+            "tokens_per_s": tokens / seconds, "errors": sum(r.finish_reason == "error" for r in results),
+            "concurrency": args.concurrency}
+
+
 def _diff(after: int | None, before: int | None) -> int | None:
     return None if after is None or before is None else after - before
 
@@ -338,8 +374,21 @@ def main() -> None:
     parser.add_argument("--vision-depth", type=int, default=32, help="qwen7b-shapes: vision blocks (7B: 32).")
     parser.add_argument("--device", default=None, help="qwen7b-shapes: default cuda if available.")
     parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes: tiny widths (a CPU smoke test).")
+    parser.add_argument("--backend", choices=("engine", "openai"), default="engine")
+    parser.add_argument("--base-url", default="", help="openai: the server's API root (http://HOST:PORT/v1).")
+    parser.add_argument("--server-model", default="", help="openai: the model name requests carry.")
+    parser.add_argument("--processor", default="", help="openai: model folder for the processor (default: tiny).")
+    parser.add_argument("--concurrency", type=int, default=ev.concurrency, help="openai: requests in flight.")
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     args = parser.parse_args()
+    if args.backend == "openai":
+        args.max_new_tokens = args.max_new_tokens or tiny_new_tokens
+        result = run_server(args)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return
     if args.max_new_tokens is None:
         args.max_new_tokens = tiny_new_tokens if args.model == "tiny" else 128
     result = run_tiny(args) if args.model == "tiny" else run_qwen7b_shapes(args)

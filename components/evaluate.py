@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Model, Output
 
-from components.images import CPU_IMAGE, GPU_IMAGE
+from components.images import CPU_IMAGE, EVAL_IMAGE
 
 
-@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
 def evaluate_model(
     preset: str,
     config_overrides: list,
@@ -15,6 +15,7 @@ def evaluate_model(
     gpus: int,
     volume_root: str,
     timeout_h: float,
+    backend: str,
     model: Input[Model],
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
@@ -27,11 +28,12 @@ def evaluate_model(
         steps.StepContext(preset, config_overrides, mlflow_experiment, kfp_run_id),
         model_path=model.path, output_dir=evaluation.path, label="model",
         benchmarks=benchmarks, sources=sources, gpus=gpus, volume_root=volume_root, timeout_h=timeout_h,
+        backend=backend,
     )
     result.write_kfp(metrics, summary, evaluation)
 
 
-@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=EVAL_IMAGE, install_kfp_package=False)
 def evaluate_base(
     preset: str,
     config_overrides: list,
@@ -43,6 +45,7 @@ def evaluate_base(
     gpus: int,
     volume_root: str,
     timeout_h: float,
+    backend: str,
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     summary: Output[Markdown],
@@ -54,6 +57,7 @@ def evaluate_base(
     result = steps.evaluate(
         ctx, model_path=base_model or ctx.config().model.name_or_path, output_dir=evaluation.path, label="base",
         benchmarks=benchmarks, sources=sources, gpus=gpus, volume_root=volume_root, timeout_h=timeout_h,
+        backend=backend,
     )
     result.write_kfp(metrics, summary, evaluation)
 

@@ -23,7 +23,7 @@ app = typer.Typer(
 
 
 IMAGES_ENV = Path("build/images.env")
-"""Written by `make images`: digest-pinned image names (VIGOS_CPU_IMAGE=..., VIGOS_GPU_IMAGE=...)."""
+"""Written by `make images`: digest-pinned image names (VIGOS_CPU_IMAGE=..., VIGOS_GPU_IMAGE=..., VIGOS_EVAL_IMAGE=...)."""
 IMAGES_ENV_HELP = "Image pins from `make images` (used when present)."
 UNPINNED_HELP = ("Submit even with images that are not digest-pinned (no build/images.env: the built-in placeholder "
                  "names, which no registry holds).")

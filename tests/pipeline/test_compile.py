@@ -3,7 +3,7 @@
 import yaml
 from kfp.components import load_component_from_file
 
-from components.images import CPU_IMAGE, GPU_IMAGE
+from components.images import CPU_IMAGE, EVAL_IMAGE, GPU_IMAGE
 from pipeline.compile import compile_pipeline
 
 
@@ -90,9 +90,23 @@ def test_components_use_explicit_images(tmp_path):
     doc = next(yaml.safe_load_all(path.read_text()))
     for name, ex in doc["deploymentSpec"]["executors"].items():
         image = ex["container"]["image"]
-        assert image in (CPU_IMAGE, GPU_IMAGE), (name, image)
+        # the evaluation steps run on the vLLM image (docker/vllm.Dockerfile), training on the project's torch
+        assert image == (EVAL_IMAGE if name in ("exec-evaluate-model", "exec-evaluate-base") else
+                         GPU_IMAGE if name in ("exec-train",) else image), (name, image)
+        assert image in (CPU_IMAGE, GPU_IMAGE, EVAL_IMAGE), (name, image)
         # images carry kfp and the project: no pip install at pod start
         assert "pip install" not in " ".join(ex["container"]["command"]), name
+
+
+def test_eval_backend_parameter_reaches_both_evaluation_steps(tmp_path):
+    path = compile_pipeline(tmp_path / "vigos.yaml")
+    doc = next(yaml.safe_load_all(path.read_text()))
+    param = doc["root"]["inputDefinitions"]["parameters"]["eval_backend"]
+    assert param["defaultValue"] == "" and "paper-7b: vllm" in param["description"]  # the preset decides
+    dag = doc["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    for step in ("evaluate-model", "evaluate-base"):
+        inputs = dag[step]["inputs"]["parameters"]
+        assert inputs["backend"]["componentInputParameter"] == "pipelinechannel--eval_backend", step
 
 
 def _docs(tmp_path):

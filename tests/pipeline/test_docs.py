@@ -48,11 +48,11 @@ def test_readme_lists_every_secret_and_installs_without_the_templates():
     assert text.index("create secret generic vigos-hf-token") < text.index("kubectl apply -k k8s/overlays/a100 -l")
 
 
-def test_readme_names_the_three_images_make_images_builds():
+def test_readme_names_the_four_images_make_images_builds():
     makefile = (ROOT / "Makefile").read_text()
     built = re.findall(r"(vigos-[a-z]+):docker/", makefile)
-    assert sorted(built) == ["vigos-cpu", "vigos-cuda", "vigos-mlflow"]
+    assert sorted(built) == ["vigos-cpu", "vigos-cuda", "vigos-mlflow", "vigos-vllm"]
     text = README.read_text()
-    assert "the three images" in text
+    assert "the four images" in text
     for name in built:
         assert f"`{name}`" in text, name

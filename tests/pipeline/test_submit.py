@@ -336,8 +336,9 @@ def test_pinned_images_from_images_env_are_submitted(kfp_api, tmp_path):
 
     cpu = "registry.example.com/vigos/vigos-cpu@sha256:" + "1" * 64
     gpu = "registry.example.com/vigos/vigos-cuda@sha256:" + "2" * 64
+    ev = "registry.example.com/vigos/vigos-vllm@sha256:" + "3" * 64
     (tmp_path / "build").mkdir()
-    (tmp_path / "build/images.env").write_text(f"VIGOS_CPU_IMAGE={cpu}\nVIGOS_GPU_IMAGE={gpu}\n")
+    (tmp_path / "build/images.env").write_text(f"VIGOS_CPU_IMAGE={cpu}\nVIGOS_GPU_IMAGE={gpu}\nVIGOS_EVAL_IMAGE={ev}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGOS_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run([sys.executable, "-m", "pipeline", "submit"], cwd=tmp_path, env=env, capture_output=True,
@@ -345,8 +346,9 @@ def test_pinned_images_from_images_env_are_submitted(kfp_api, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr
     (upload,) = [r for r in kfp_api.requests if r["path"].endswith("/pipelines/upload")]
-    assert cpu.encode() in upload["body"] and gpu.encode() in upload["body"]
+    assert cpu.encode() in upload["body"] and gpu.encode() in upload["body"] and ev.encode() in upload["body"]
     assert b"vigos/vigos-cpu:0.1.0" not in upload["body"] and b"vigos/vigos-cuda:0.1.0" not in upload["body"]
+    assert b"vigos/vigos-vllm:0.1.0" not in upload["body"]
 
 
 def test_is_pinned():

@@ -157,3 +157,8 @@ def build_prompt_text(processor: Any, messages: list[dict[str, Any]], prefill: s
     prefilled (default `<description>`)."""
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text + prefill
+
+
+def with_prefill(messages: list[dict[str, Any]], prefill: str = DESCRIPTION_PREFILL) -> list[dict[str, Any]]:
+    """`messages` and the open assistant turn `build_prompt_text` renders: what a chat server is asked to continue."""
+    return [*messages, {"role": "assistant", "content": prefill}]

@@ -124,6 +124,17 @@ def run(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", metavar="", help="Show a progress bar per benchmark.")
     ] = True,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", metavar="NAME", help="Who generates: engine (this process; torchrun for several "
+                     "GPUs), openai (a server at --base-url), vllm (a vllm serve started here). Default: eval.backend "
+                     "of the preset (paper-7b: vllm, tiny: engine)."),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", metavar="URL", help="The openai backend's API root, e.g. http://HOST:8000/v1 "
+                     "(eval.base_url)."),
+    ] = None,
 ) -> None:
     """Sample k responses per question of every benchmark into OUTPUT/responses/ (resumes; runs under torchrun)."""
     import os
@@ -131,7 +142,8 @@ def run(
     from vigos.config import load_config
     from vigos.evaluation.run import run_eval, summary_lines
 
-    cfg = load_config(preset, config, override)
+    flags = {"eval.backend": backend, "eval.base_url": base_url}
+    cfg = load_config(preset, config, override, values={k: v for k, v in flags.items() if v is not None})
     counts = run_eval(model if model is not None else cfg.model.name_or_path, cfg, output, progress=progress)
     if int(os.environ.get("RANK", "0")) == 0:
         for line in summary_lines(counts):

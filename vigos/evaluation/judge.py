@@ -24,7 +24,6 @@ the environment variable NAMED in the config and is never logged or stored.
 from __future__ import annotations
 
 import ast
-import email.utils
 import hashlib
 import json
 import logging
@@ -33,11 +32,11 @@ import random
 import re
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vigos.backoff import backoff_s
 from vigos.errors import VigosError
 from vigos.redact import redact
 
@@ -50,9 +49,6 @@ Verdict = bool | float
 """True/False, or a partial credit in [0, 1] (MM-Vet-style judges)."""
 
 PROMPT_VERSION = "v1"  # part of the cache key: a changed prompt must not reuse old verdicts
-_BACKOFF_BASE_S = 1.0  # 1, 2, 4, 8 ... seconds between attempts, each times a random factor in [0.5, 1]
-_BACKOFF_MAX_S = 60.0
-_RETRY_AFTER_MAX_S = 300.0  # a server's Retry-After is honoured up to this (a silly value must not stall the run)
 # Reply length cap sent as `max_tokens`: `{"verdicts": [true, false, ...]}` takes ~2 tokens per verdict plus ~10, so
 # this leaves room for a code fence or a sentence around it while a judge that rambles (or a broken/tiny model)
 # stops early instead of generating until the request times out; its truncated reply is then retried as malformed.
@@ -185,30 +181,6 @@ def _make_client(cfg: EvalConfig) -> Any:
     return openai.OpenAI(base_url=cfg.judge_base_url, api_key=key, max_retries=0, timeout=cfg.judge_timeout_s)
 
 
-def retry_after_s(error: BaseException) -> float | None:
-    """The wait an HTTP error's `Retry-After` (seconds or an HTTP date) or `retry-after-ms` header asks for."""
-    headers = getattr(getattr(error, "response", None), "headers", None)
-    if headers is None:
-        return None
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class Judge:
     """Grades the answers of one question per call; thread-safe (scoring runs several calls at once)."""
 
@@ -241,12 +213,6 @@ class Judge:
     def breaker_open(self) -> bool:
         """True once `max_consecutive_failures` questions in a row failed: no more calls this run."""
         return self._broken.is_set()
-
-    def _backoff_s(self, attempt: int, error: BaseException) -> float:
-        after = retry_after_s(error)
-        if after is not None:
-            return min(after, _RETRY_AFTER_MAX_S)
-        return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2**attempt) * self._rng.uniform(0.5, 1.0)
 
     def _record(self, ok: bool) -> None:
         with self._lock:
@@ -326,7 +292,7 @@ class Judge:
                     redact(str(e))[:200],
                 )
                 if attempt < self.max_retries:
-                    self._sleep(self._backoff_s(attempt, e))
+                    self._sleep(backoff_s(attempt, e, self._rng))
                 continue
             path = self._cache_path(key)
             if path is not None:  # only validated replies reach the cache

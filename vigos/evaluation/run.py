@@ -46,7 +46,7 @@ from typing import Any
 
 from vigos import volume
 from vigos.config import EvalConfig, VigosConfig
-from vigos.data.prompts import DESCRIPTION_PREFILL, STUDENT_PROMPTS, build_messages, build_prompt_text
+from vigos.data.prompts import DESCRIPTION_PREFILL, STUDENT_PROMPTS, build_messages, build_prompt_text, with_prefill
 from vigos.errors import VigosError, disk_writes
 from vigos.evaluation.benchmarks import EvalItem, get_benchmark, load_benchmark, parse_sources
 from vigos.generation import GenerationRequest, SamplingParams, dist_rank_world, shard_for_rank
@@ -124,10 +124,17 @@ def _existing_rows(output_dir: Path, benchmark: str) -> dict[tuple[str, int], di
             log.warning("%s: ignored %d unreadable line(s) (an interrupted write); they will be regenerated", path, bad)
         for row in rows:
             try:
-                found.setdefault(_key(row), row)
+                key = _key(row)
             except (TypeError, ValueError):
                 continue
+            if key not in found or (_failed(found[key]) and not _failed(row)):  # a retried error row is replaced
+                found[key] = row
     return found
+
+
+def _failed(row: dict[str, Any]) -> bool:
+    """A row whose request failed for good (a server backend): it counts as missing when a run resumes."""
+    return row.get("finish_reason") == "error"
 
 
 def _repair_tail(path: Path) -> None:
@@ -301,12 +308,22 @@ def _device(local_rank: int) -> str | None:
 
 @dataclasses.dataclass
 class _Model:
-    """The engine and processor, loaded on first use (a complete, resumed run never loads the model)."""
+    """The engine and processor, loaded on first use (a complete, resumed run never loads the model nor starts a
+    server). `close()` stops a `vllm serve` this run started."""
 
     model_dir: str
     cfg: VigosConfig
     engine: Any = None
     processor: Any = None
+    out: Path = Path(".")
+    _stack: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __post_init__(self) -> None:
+        self.server = self.engine is None and self.cfg.eval.backend != "engine"
+        """Whether the engine is an OpenAI-compatible server (a given `engine` is used as it is)."""
 
     def get_processor(self) -> Any:
         if self.processor is None:
@@ -316,6 +333,8 @@ class _Model:
         return self.processor
 
     def get_engine(self) -> Any:
+        if self.engine is None and self.cfg.eval.backend != "engine":
+            self.engine = self._server_engine()
         if self.engine is None:
             from vigos.generation import HFEngine
             from vigos.modeling.load import load_model
@@ -328,6 +347,26 @@ class _Model:
     def _model_cfg(self):
         return dataclasses.replace(self.cfg.model, name_or_path=self.model_dir)
 
+    def _server_engine(self) -> Any:
+        from vigos.generation.openai import OpenAIEngine
+
+        ev = self.cfg.eval
+        if ev.backend == "vllm":
+            from vigos.generation.vllm_server import SERVED_MODEL_NAME, vllm_server
+            from vigos.modeling.load import resolve_model_source
+
+            base_url = self._stack.enter_context(vllm_server(
+                str(resolve_model_source(self.model_dir)), data_parallel_size=ev.vllm_data_parallel_size,
+                log_path=self.out / "vllm.log", timeout_s=ev.vllm_start_timeout_s, extra_args=ev.vllm_args))
+            model, key = SERVED_MODEL_NAME, None
+        else:
+            if not ev.base_url:
+                raise VigosError("eval.backend=openai needs the server's API root: --base-url http://HOST:PORT/v1 "
+                                 "(or --set eval.base_url=...)")
+            base_url, model, key = ev.base_url, ev.server_model or self.model_dir, os.environ.get(ev.api_key_env)
+        return OpenAIEngine(base_url, model, self.get_processor(), api_key=key, prefill=ev.prefill,
+                            concurrency=ev.concurrency, max_retries=ev.request_retries, timeout_s=ev.request_timeout_s)
+
 
 def _prompt_cost(item: EvalItem, max_pixels: int) -> int:
     """A rough prompt length in tokens (text chars / 4 + image tokens at the pixel budget), for sorting."""
@@ -336,12 +375,13 @@ def _prompt_cost(item: EvalItem, max_pixels: int) -> int:
 
 
 def _row(item: EvalItem, sample_index: int, result: Any) -> dict[str, Any]:
+    failed = result.finish_reason == "error"  # no response at all: scored wrong, asked again by a resumed run
     return {
         "benchmark": item.benchmark,
         "example_id": item.example_id,
         "sample_index": sample_index,
         "prompt": item.problem,
-        "response": DESCRIPTION_PREFILL + result.text,
+        "response": None if failed else DESCRIPTION_PREFILL + result.text,
         "reference": item.reference,
         "answer_type": item.answer_type,
         "options": item.options,
@@ -350,7 +390,7 @@ def _row(item: EvalItem, sample_index: int, result: Any) -> dict[str, Any]:
         "meta": item.meta,
         "seed": result.seed,
         "finish_reason": result.finish_reason,
-        "num_tokens": len(result.token_ids),
+        "num_tokens": result.num_tokens,
     }
 
 
@@ -399,8 +439,27 @@ def run_eval(
     run_state = _check_settings(run_file, _settings(cfg, params), model_name)
     if rank == 0:
         _write_atomic(run_file, json.dumps(run_state, indent=2, ensure_ascii=False) + "\n")
-    holder = _Model(model_name, cfg, engine=engine, processor=processor)
+    holder = _Model(model_name, cfg, engine=engine, processor=processor, out=out)
+    try:
+        counts = _run_benchmarks(specs, holder, cfg, params, out, sources, run_state, run_file, rank, world,
+                                 progress, cache_dir, on_chunk)
+    finally:
+        holder.close()  # a vllm serve started for this run stops here, whatever happened
+    errors = {name: c["errors"] for name, c in counts.items() if c.get("errors")}
+    if errors:
+        raise VigosError(
+            f"{sum(errors.values())} request(s) failed after eval.request_retries retries ({errors}); their rows "
+            f"are in {out / RESPONSES_DIR} with finish_reason \"error\" and no response (scored as wrong): run the "
+            "same command again to ask for those alone")
+    return counts
 
+
+def _run_benchmarks(
+    specs: list[Any], holder: _Model, cfg: VigosConfig, params: SamplingParams, out: Path,
+    sources: dict[str, str], run_state: dict[str, Any], run_file: Path, rank: int, world: int, progress: bool,
+    cache_dir: str | None, on_chunk: ChunkHook | None,
+) -> dict[str, dict[str, Any]]:
+    ev = cfg.eval
     counts: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     for index, spec in enumerate(specs):
@@ -409,7 +468,7 @@ def run_eval(
                                 max_images=ev.max_images, cache_dir=cache_dir)
         items = loaded.items
         k = spec.n_samples(ev.n_samples)
-        existing = _existing_rows(out, name)
+        existing = {key for key, row in _existing_rows(out, name).items() if not _failed(row)}
         wanted = [(item, s) for item in items for s in range(k)]
         resumed = sum((item.example_id, s) in existing for item, s in wanted)
         # Longest prompts first (stable: the samples of a question stay together), dealt round-robin over ranks.
@@ -428,8 +487,9 @@ def run_eval(
         }
         if rank == 0:
             final = _merge(out, name, wanted)
+            errors = sum(map(_failed, final))
             record.update(rows=len(final), finish_length=sum(r.get("finish_reason") == "length" for r in final),
-                          complete=len(final) == len(wanted))
+                          errors=errors, complete=len(final) == len(wanted) and not errors)
             run_state["benchmarks"][name] = {**record, "sources": loaded.sources, "skipped": loaded.skipped}
             _write_atomic(run_file, json.dumps(run_state, indent=2, ensure_ascii=False) + "\n")
         counts[name] = record
@@ -464,13 +524,14 @@ def _generate(
     path = responses_path(out, name) if world == 1 else part_path(out, name, rank, world)
     engine = holder.get_engine()
     processor = holder.get_processor()
-    prompts: dict[str, str] = {}
+    prompts: dict[str, tuple[str, list[dict[str, Any]]]] = {}
     writer = _Appender(path)
     bar = tqdm(total=len(pairs), desc=name, unit="sample", disable=not progress or rank != 0)
     done = 0
     started = last_line = time.monotonic()
     try:
-        for chunk in _chunks(pairs, ev.batch_size):
+        # a server backend keeps `concurrency` requests in flight: a chunk (one append) holds a few rounds of them
+        for chunk in _chunks(pairs, 4 * ev.concurrency if holder.server else ev.batch_size):
             images: dict[str, list[Any]] = {}
             requests = []
             for item, s in chunk:
@@ -478,8 +539,9 @@ def _generate(
                     images[item.example_id] = item.images
                 if item.example_id not in prompts:
                     messages = build_messages(item.problem, images[item.example_id], prompt=student_prompt)
-                    prompts[item.example_id] = build_prompt_text(processor, messages)
-                requests.append(GenerationRequest(prompts[item.example_id], images[item.example_id], ev.seed + s))
+                    prompts[item.example_id] = (build_prompt_text(processor, messages), with_prefill(messages))
+                text, messages = prompts[item.example_id]
+                requests.append(GenerationRequest(text, images[item.example_id], ev.seed + s, messages=messages))
             results = engine.generate(requests, params)
             if len(results) != len(requests):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")

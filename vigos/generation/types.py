@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:  # pragma: no cover
     from vigos.config import EvalConfig, TrainConfig
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "error"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ class GenerationRequest:
     """PIL images, in the order of the prompt's image placeholders."""
     seed: int = 0
     """This row's seed: its samples depend on nothing else (besides prompt, images and model)."""
+    messages: list[dict[str, Any]] | None = None
+    """The chat messages `prompt` was rendered from, ending with the open assistant turn (`{"role": "assistant",
+    "content": prefill}`); server engines send these, HFEngine uses `prompt`."""
 
 
 @dataclass
@@ -79,7 +82,8 @@ class GenerationResult:
     text: str
     """Decoded completion, without the EOS token (special tokens produced mid-text are kept)."""
     finish_reason: FinishReason
-    """"stop": an EOS token was produced; "length": `max_new_tokens` was reached first."""
+    """"stop": an EOS token was produced; "length": `max_new_tokens` was reached first; "error": a server engine's
+    request failed for good (no text: the row is a failure, never an empty answer)."""
     seed: int
     prompt_tokens: int
     """Prompt length in tokens (image placeholder tokens included, padding excluded)."""
@@ -87,13 +91,15 @@ class GenerationResult:
     """With `keep_inputs=True`: this row's processor outputs, unpadded, batch dim 1 (`input_ids`, `attention_mask`,
     `pixel_values`, `image_grid_thw`, and `mm_token_type_ids` where the processor makes it), on the model's device,
     for the trainer's student/teacher forwards."""
+    completion_tokens: int | None = None
+    """Set by engines that get a token count but not the ids (a server's `usage.completion_tokens`)."""
     logprobs: list[float] | None = field(default=None, repr=False)
     """With `logprobs=True`: the model's log-probability of each token in `token_ids` when it was drawn
     (temperature 1, before top-k/top-p), float32 logits."""
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return self.completion_tokens if self.completion_tokens is not None else len(self.token_ids)
 
 
 @runtime_checkable

@@ -1,0 +1,149 @@
+"""`vllm serve` started by the evaluation itself (`eval.backend=vllm`): on 127.0.0.1 inside the pod, data-parallel
+over the pod's GPUs, used through `OpenAIEngine`, and stopped on every exit path.
+
+    with vllm_server("/mnt/vigos/runs/x/merged", data_parallel_size=8, log_path=out / "vllm.log") as base_url:
+        engine = OpenAIEngine(base_url, SERVED_MODEL_NAME, processor)
+
+Stop: SIGTERM to the server's process group (vLLM's API server, engine cores and data-parallel workers), SIGKILL
+after `STOP_GRACE_S`. A SIGTERM to this process while the server runs (Kubernetes stopping the pod, the step's own
+time-out) is turned into an exception, so the `finally` that stops the server runs (Python's default for SIGTERM
+is to die at once, which would leave the GPU workers behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from vigos.errors import VigosError
+
+VLLM: tuple[str, ...] = ("vllm",)
+"""The executable (tests point it at a stand-in script)."""
+SERVED_MODEL_NAME = "vigos-eval"
+"""The name requests carry: the same for every model folder, so it never depends on a path."""
+STOP_GRACE_S = 30.0
+HEALTH_POLL_S = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vllm_command(model: str, port: int, data_parallel_size: int, extra_args: Sequence[str] = ()) -> list[str]:
+    """The `vllm serve` command line. `--generation-config vllm`: ignore the checkpoint's sampling defaults (the
+    requests carry every sampling field anyway); `extra_args` (`eval.vllm_args`) come last, so they win."""
+    return [*VLLM, "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "--data-parallel-size", str(data_parallel_size), "--served-model-name", SERVED_MODEL_NAME,
+            "--generation-config", "vllm", *extra_args]
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
+    """Until GET `base`/health answers 200; VigosError (with the log's tail) if the server exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise VigosError(f"`vllm serve` exited with code {proc.returncode} before it was healthy; its log "
+                             f"{log_path} ends with: {_tail(log_path)!r}")
+        if time.monotonic() > deadline:
+            raise VigosError(f"`vllm serve` did not answer {base}/health within {timeout_s:g} s (eval."
+                             f"vllm_start_timeout_s); its log {log_path} ends with: {_tail(log_path)!r}")
+        time.sleep(HEALTH_POLL_S)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the server's process group, SIGKILL it after `grace_s` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class Terminated(SystemExit):
+    """This process got SIGTERM while it ran a server."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread for the duration (elsewhere: no change, not allowed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def vllm_server(
+    model: str,
+    *,
+    data_parallel_size: int = 0,
+    log_path: Path,
+    timeout_s: float = 1800.0,
+    extra_args: Sequence[str] = (),
+    grace_s: float = STOP_GRACE_S,
+) -> Iterator[str]:
+    """Start `vllm serve` on `model` (0 replicas: one per visible GPU), wait for /health, yield the OpenAI API root
+    (`http://127.0.0.1:<port>/v1`); stop the server however the block ends."""
+    if data_parallel_size <= 0:
+        data_parallel_size = visible_gpus()
+        if data_parallel_size == 0:
+            raise VigosError("eval.backend=vllm needs a GPU and this machine shows none; use --backend engine on CPU")
+    port = free_port()
+    cmd = vllm_command(model, port, data_parallel_size, extra_args)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with _sigterm_raises():
+        with open(log_path, "ab") as log:
+            try:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            except FileNotFoundError:
+                raise VigosError(f"`{cmd[0]}` is not installed here; eval.backend=vllm runs in the evaluation image "
+                                 "(docker/vllm.Dockerfile), or use --backend engine / openai") from None
+        try:
+            print(f"[vigos] started `{' '.join(cmd)}` (pid {proc.pid}, log {log_path})", flush=True)
+            base = f"http://127.0.0.1:{port}"
+            wait_healthy(base, proc, timeout_s, log_path)
+            yield f"{base}/v1"
+        finally:
+            stop(proc, grace_s)
