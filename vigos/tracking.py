@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -151,12 +152,13 @@ def step_run(
     parent = parent_run_id(kfp_run_id, experiment)
     tags = {TAG_KFP_RUN: kfp_run_id, TAG_STEP: step, TAG_ROLE: "step", TAG_PARENT: parent}
     run_id = _get_or_create(client, exp_id, tags, run_name=step)
+    # every step writes these on the parent, possibly at the same moment as another pod: conflicts are retried
     commit = source_commit()
     if commit:
-        client.set_tag(parent, TAG_COMMIT, commit)
+        retry_conflicts(client.set_tag, parent, TAG_COMMIT, commit)
     shared = params if parent_params is None else parent_params
     if shared:  # the parent's row in the runs table shows every step's settings side by side
-        log_params(shared, run_id=parent)
+        retry_conflicts(_log_params_to, client, parent, shared)
     with mlflow.start_run(run_id=run_id) as run:
         if params:
             log_params(params)
@@ -164,6 +166,33 @@ def step_run(
             mlflow.set_tag(TAG_COMMIT, commit)
         mlflow.set_tag("vigos.attempt_started", time.strftime("%Y-%m-%dT%H:%M:%S"))
         yield run
+
+
+_WRITE_ATTEMPTS = 6  # conflicting concurrent writes of one row: the retry updates the winner's row
+# how the tracking server's database (SQLite, PostgreSQL, MySQL) words a write that lost a race for the same row
+_CONFLICT = re.compile(r"IntegrityError|UNIQUE constraint|UniqueViolation|duplicate key|Duplicate entry|"
+                       r"database is locked|Deadlock", re.I)
+
+
+def retry_conflicts(write: Any, *args: Any) -> Any:
+    """Run an idempotent MLflow write (a tag, an alias, params already checked); again, after a short jittered
+    pause, when the tracking server's database reports a conflict with a concurrent write of the same row (two
+    pods writing the parent run's tags, two registrations of one model): the next attempt updates that row."""
+    import logging
+    import random
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(_WRITE_ATTEMPTS):
+        try:
+            return write(*args)
+        except MlflowException as e:
+            if attempt == _WRITE_ATTEMPTS - 1 or not _CONFLICT.search(str(e)):
+                raise
+            logging.getLogger(__name__).info("MLflow write conflicted with a concurrent one, retrying: %s",
+                                             str(e).splitlines()[0][:200])
+        time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
 
 
 @functools.cache

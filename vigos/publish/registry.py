@@ -47,9 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +55,7 @@ from typing import Any
 from vigos.config import flatten_dict
 from vigos.errors import VigosError
 from vigos.evaluation.metrics import flatten_scores, incomplete_reason, score_rows
-from vigos.tracking import TAG_KFP_RUN, tracking_uri
+from vigos.tracking import TAG_KFP_RUN, retry_conflicts, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +74,6 @@ EVAL_PREFIX = "eval."
 MODEL_ARTIFACT_PATH = "model"
 """Where `log_model_dir` puts the model folder inside the run's artifacts."""
 _GATE_ROUNDS = 20  # look-move-look rounds; racers agree once every version exists, so a few suffice
-_WRITE_ATTEMPTS = 6  # conflicting concurrent writes of one tag/alias row: the retry updates the winner's row
-# how the tracking server's database (SQLite, PostgreSQL, MySQL) words a write that lost a race for the same row
-_CONFLICT = re.compile(r"IntegrityError|UNIQUE constraint|UniqueViolation|duplicate key|Duplicate entry|"
-                       r"database is locked|Deadlock", re.I)
 
 
 @dataclass(frozen=True)
@@ -217,21 +210,21 @@ def register_model_version(
         mv = existing[0]
         for key, value in all_tags.items():  # a re-run re-applies only what changed
             if mv.tags.get(key) != value:
-                _retry_conflicts(client.set_model_version_tag, name, mv.version, key, value)
+                retry_conflicts(client.set_model_version_tag, name, mv.version, key, value)
         for key in mv.tags:  # the settings and scores record is exactly this call's (an `incomplete` mark too)
             if key.startswith((EVAL_PREFIX, SCORE_PREFIX)) and key not in all_tags:
-                _retry_conflicts(client.delete_model_version_tag, name, mv.version, key)
+                retry_conflicts(client.delete_model_version_tag, name, mv.version, key)
     else:
         mv = _create_version(client, name, source, run_id, all_tags,
                              description=f"KFP run {kfp_run_id}: {gate_metric} = {gate_value:.2f}")
     version = str(mv.version)
 
-    _retry_conflicts(client.set_registered_model_alias, name, CANDIDATE, version)
+    retry_conflicts(client.set_registered_model_alias, name, CANDIDATE, version)
     previous, champion = _settle_champion(client, name, version, gate_metric)
     decision = _decision(client.get_model_version(name, version), gate_metric, previous, champion)
     moved = champion is not None and str(champion.version) == version and (
         previous is None or str(previous.version) != version)
-    _retry_conflicts(client.set_model_version_tag, name, version, TAG_GATE_DECISION, decision)
+    retry_conflicts(client.set_model_version_tag, name, version, TAG_GATE_DECISION, decision)
     log.info("registered %s v%s (%s)", name, version, decision)
     aliases = sorted(client.get_model_version(name, version).aliases)
     return RegistrationResult(name, int(version), aliases, moved, reused, gate_value,
@@ -284,7 +277,7 @@ def _settle_champion(client: Any, name: str, version: str, gate_metric: str) -> 
         best = _best(list(versions.values()), champion, gate_tag, _like(champion, mine))
         if best is None or (champion is not None and str(best.version) == str(champion.version)):
             return previous, champion
-        _retry_conflicts(client.set_registered_model_alias, name, CHAMPION, str(best.version))
+        retry_conflicts(client.set_registered_model_alias, name, CHAMPION, str(best.version))
     log.warning("the champion of %s did not settle in %d rounds: concurrent registrations keep moving it; the last "
                 "of them settles it", name, _GATE_ROUNDS)
     return previous, _alias_version(client, name, CHAMPION)
@@ -321,22 +314,6 @@ def _decision(mine: Any, gate_metric: str, previous: Any | None, champion: Any |
     if before is None:
         return f"champion v{previous.version} has no {gate_tag} tag: counted as beaten"
     return f"{gate_metric} {value:.4g} > champion v{previous.version}'s {before:.4g}"
-
-
-def _retry_conflicts(write: Any, *args: Any) -> Any:
-    """Run an idempotent registry write (a tag, an alias); again, after a short jittered pause, when the tracking
-    server's database reports a conflict with a concurrent write of the same row (the next attempt updates it)."""
-    from mlflow.exceptions import MlflowException
-
-    for attempt in range(_WRITE_ATTEMPTS):
-        try:
-            return write(*args)
-        except MlflowException as e:
-            if attempt == _WRITE_ATTEMPTS - 1 or not _CONFLICT.search(str(e)):
-                raise
-            log.info("registry write conflicted with a concurrent one, retrying: %s", str(e).splitlines()[0][:200])
-        time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")
 
 
 def _all_versions(client: Any, name: str) -> list[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -30,13 +31,13 @@ def _free_port() -> int:
 
 
 def init_distributed() -> DistInfo:
-    """Join (or, alone, create) the process group. A single process gets a one-member group on a free local
-    port, so the same DeepSpeed code path serves the laptop demo and the 8-GPU pod."""
-    if "WORLD_SIZE" not in os.environ:
-        os.environ.update(
-            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-             "MASTER_PORT": str(_free_port())}
-        )
+    """Join (or, alone, create) the process group. A single process gets a one-member group rendezvousing through
+    a temporary file (no port: a port picked free can be taken by someone else before the store binds it), so the
+    same DeepSpeed code path serves the laptop demo and the 8-GPU pod."""
+    alone = "WORLD_SIZE" not in os.environ
+    if alone:
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(_free_port())})  # read by DeepSpeed, unused by the file rendezvous
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -46,7 +47,13 @@ def init_distributed() -> DistInfo:
     if not dist.is_initialized():
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if alone:
+            import tempfile
+
+            rendezvous = Path(tempfile.mkdtemp(prefix="vigos-pg-")) / "store"
+            dist.init_process_group(backend, init_method=rendezvous.as_uri(), rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)  # wraps the group made above, if any
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
