@@ -44,6 +44,7 @@ bench: install  ## CPU benchmarks (ratios measured side by side; GPU runs: see b
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/grading.py
 	$(BIN)/python benchmarks/artifact_io.py
+	$(BIN)/python benchmarks/faults.py
 
 clean:  ## Remove local run state (keeps .venv)
 	rm -rf .vigos build .pytest_cache

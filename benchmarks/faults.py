@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"vigos-faults-{name}-") as tmp:
             rows.extend(module.run(Path(tmp), args.runs))
         print(f"  ({name}: {time.perf_counter() - started:.1f} s)", file=sys.stderr)
-    header = f"{'fault':<58} {'runs':>4} {'survived':>8} {'lost':>10} {'recovery':>9}"
+    header = f"{'fault':<58} {'runs':>4} {'survived':>8} {'lost':>16} {'recovery':>9}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row.fault:<58} {row.runs:>4} {row.survived:>8} {row.lost:>10} {row.recovery_s:>8.2f}s")
+        print(f"{row.fault:<58} {row.runs:>4} {row.survived:>8} {row.lost:>16} {row.recovery_s:>8.2f}s")
     failed = [r.fault for r in rows if r.survived < r.runs or r.lost_amount]
     print(f"\n{len(rows) - len(failed)}/{len(rows)} faults survived with nothing lost")
     if args.json:
