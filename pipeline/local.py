@@ -233,8 +233,8 @@ KEY_METRICS = {
     "merge": lambda m: f"{_n(m, 'merge.shards')} shard(s), probe |diff| {m.get('merge/probe_max_abs_diff', 0):.2g}",
     "evaluate-base": lambda m: _pass_avg(m, "eval"),
     "evaluate-model": lambda m: _pass_avg(m, "eval"),
-    "eval-report": lambda m: "mean Pass@k "
-    + ", ".join(f"{v * 100:+.1f} points vs base" for k, v in m.items() if k.startswith("delta/mean/pass_at_")),
+    "eval-report": lambda m: ", ".join(f"mean Pass@{k.rsplit('_at_', 1)[1]} {v * 100:+.1f} points vs base"
+                                       for k, v in m.items() if k.startswith("delta/mean/pass_at_")),
     "register": lambda m: f"version {m.get('registry.version', '?')}"
     + (", new champion" if m.get("registry.champion_moved") == "True" else ", candidate"),
     "publish-hub": lambda m: f"{_n(m, 'publish.files')} files"
