@@ -102,3 +102,29 @@ def disk_writes(folder: str | Path, needed: int | None = None) -> Iterator[None]
         if err is None:
             raise
         raise err from e
+
+
+class Terminated(SystemExit):
+    """This process got SIGTERM (a cancelled KFP run, a preempted pod) inside `sigterm_exits`: exit code 143."""
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises `Terminated` (a SystemExit with code 143) for the duration, so `finally` blocks run: scratch
+    folders removed, a child server stopped (Python's default just dies). Only the main thread may set handlers;
+    elsewhere nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:  # noqa: ARG001
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -21,9 +21,7 @@ import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
@@ -38,7 +36,7 @@ from PIL import Image as PILImage
 from vigos.config import DataConfig
 from vigos.data.answers import ANSWER_TYPES, answer_type, normalize_answer
 from vigos.data.load import load_source
-from vigos.errors import VigosError, disk_writes
+from vigos.errors import VigosError, disk_writes, sigterm_exits
 
 logger = logging.getLogger(__name__)
 
@@ -470,7 +468,7 @@ def _scratch_folder(out: Path) -> Iterator[Path]:
     lock = open(scratch / _LOCK, "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        with _sigterm_exits():
+        with sigterm_exits():
             yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -489,24 +487,6 @@ def _remove_if_unlocked(folder: Path) -> None:
             return  # a live prep holds it
         logger.info("removing %s, left by a data prep that was killed", folder)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM raises SystemExit(143) for the duration, so cleanup code runs (Python's default just dies).
-    Only the main thread may set handlers; elsewhere the default stays."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

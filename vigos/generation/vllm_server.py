@@ -17,13 +17,12 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from vigos.errors import VigosError
+from vigos.errors import VigosError, sigterm_exits
 
 VLLM: tuple[str, ...] = ("vllm",)
 """The executable (tests point it at a stand-in script)."""
@@ -93,27 +92,6 @@ def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
         proc.wait()
 
 
-class Terminated(SystemExit):
-    """This process got SIGTERM while it ran a server."""
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in the main thread for the duration (elsewhere: no change, not allowed)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise Terminated(128 + signal.SIGTERM)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @contextlib.contextmanager
 def vllm_server(
     model: str,
@@ -133,7 +111,7 @@ def vllm_server(
     port = free_port()
     cmd = vllm_command(model, port, data_parallel_size, extra_args)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with _sigterm_raises():
+    with sigterm_exits():
         with open(log_path, "ab") as log:
             try:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
