@@ -49,6 +49,25 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_atomic(path: str | Path, data: str | bytes, *, fsync: bool = False) -> None:
+    """Replace `path` with `data` atomically: a temp file beside it (`.<name>.<random>.tmp`, which `is_temp`
+    recognises), renamed over it; the temp file is removed if the write fails. Readers see the old content or the
+    new one, never half a file. `fsync`: flushed to disk before the rename (state a crash must not tear)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def is_temp(path: Path) -> bool:
     """A temp file of an atomic write (`.<name>.<random>.tmp`, `.<name>.tmp`, `.<name>.tmp.png`): left behind only
     when the writer was killed between writing it and renaming it into place."""
@@ -85,16 +104,7 @@ def write_manifest(artifact_dir: str | Path, folder: str | Path, kind: str, *, h
         files.append(entry)
     manifest = {"kind": kind, "path": str(folder), "files": files, "total_bytes": sum(f["size"] for f in files),
                 **(extra or {})}
-    out = Path(artifact_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{MANIFEST}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2)
-        os.replace(tmp, out / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(artifact_dir) / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from vigos.backoff import backoff_s
 from vigos.errors import VigosError
 from vigos.redact import redact
+from vigos.volume import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from vigos.config import EvalConfig
@@ -152,15 +152,7 @@ def cache_key(question: str, answers: Sequence[str], reference: str, model: str)
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2))
 
 
 def _make_client(cfg: EvalConfig) -> Any:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vigos.evaluation.metrics import BREAKDOWNS, MAIN_BENCHMARKS, benchmarks_by_grader
+from vigos.volume import write_atomic
 
 VILP_BENCHMARKS = ("vilp-f", "vilp-p")
 
@@ -424,7 +425,7 @@ def write_report(
     lines += ["", "Terms:", "", *(f"- {t}" for t in terms), ""]
     lines += [f"![Pass@{k}, Avg@{k} and ViLP per benchmark]({chart.name})", ""]
     md_path = out / "eval_report.md"
-    _atomic(md_path, "\n".join(lines))
+    write_atomic(md_path, "\n".join(lines))
 
     png = base64.b64encode(chart.read_bytes()).decode()
     page = (
@@ -445,7 +446,7 @@ def write_report(
         f"src='data:image/png;base64,{png}'/></body></html>"
     )
     html_path = out / "eval_report.html"
-    _atomic(html_path, page)
+    write_atomic(html_path, page)
     return ReportPaths(md_path, html_path, chart)
 
 
@@ -554,9 +555,3 @@ def plot(scores: dict[str, Any], baseline: dict[str, Any] | None, path: Path, ti
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -189,18 +188,7 @@ class _Appender:
 
 def _write_atomic(path: Path, text: str) -> None:
     with disk_writes(path.parent, needed=len(text.encode())):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        volume.write_atomic(path, text, fsync=True)
 
 
 def _write_rows_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -26,6 +25,7 @@ from vigos.evaluation.extract import extract_answer
 from vigos.evaluation.grade import RuleVerdict, grade_detail
 from vigos.evaluation.judge import Judge, Verdict, write_json_atomic
 from vigos.evaluation.metrics import compute_scores, incomplete_reason, score_rows
+from vigos.volume import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from vigos.config import EvalConfig
@@ -246,16 +246,7 @@ def ensure_complete(scores: Mapping[str, Any], where: Path | str) -> None:
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def score_responses(

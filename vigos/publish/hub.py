@@ -30,7 +30,7 @@ from typing import Any
 
 from vigos.errors import VigosError
 from vigos.redact import redact
-from vigos.volume import sha256_file
+from vigos.volume import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,7 @@ def stage(
         "total_bytes": sum(e["size"] for e in entries), "files": entries, "excluded": excluded,
     }
     manifest_path = staging_dir / MANIFEST
-    tmp = manifest_path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return folder, manifest_path, [e["path"] for e in entries]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-from vigos.volume import sha256_file
+from vigos.volume import sha256_file, write_atomic
 
 MARKER = "complete.json"
 HISTORY = "history.json"
@@ -63,12 +63,7 @@ def fsync_file(path: Path) -> None:
 def write_durable(path: Path, data: str | bytes) -> None:
     """Write `path` atomically and durably: a temp file, fsynced, renamed over it, the folder fsynced. A reader
     sees the old content or the new one, never a torn file, even after a power loss."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, fsync=True)
     _fsync_dir(path.parent)
 
 
