@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import subprocess
@@ -31,6 +32,7 @@ from typing import Any
 
 from vigos.errors import VigosError
 from vigos.redact import has_password, redact
+from vigos.volume import write_atomic
 
 PARENT_ROLE = "pipeline"
 TAG_KFP_RUN = "kfp.run_id"
@@ -261,23 +263,23 @@ def _param_value(v: Any) -> str:
     return s[:6000]
 
 
+def finite_numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The entries of `metrics` MLflow can log as metrics: finite numbers (not booleans, NaN, None or text)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
 def stage_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
     """`{name: value}` -> `{"<stage>/<name>": value}` for the finite numbers (the scheme in the module docstring;
     names inside may already hold `/`, e.g. `mmmu/pass_at_5`)."""
-    import math
-
-    return {f"{stage}/{k}": float(v) for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    return {f"{stage}/{k}": v for k, v in finite_numbers(metrics).items()}
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log the finite numeric entries of `metrics` (already named by the scheme) to the active run."""
-    import math
-
     import mlflow
 
-    flat = {k: float(v) for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    flat = finite_numbers(metrics)
     if flat:
         mlflow.log_metrics(flat, step=step)
 
@@ -359,10 +361,7 @@ class BackgroundLogger:
     # -- the job's side: never blocks on the network
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import math
-
-        values = {k: float(v) for k, v in metrics.items()
-                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        values = finite_numbers(metrics)
         if values:
             self._append({"kind": "metrics", "step": step or 0, "metrics": values})
 
@@ -431,7 +430,7 @@ class BackgroundLogger:
                 if self._pending and self._pending[0] is record:
                     self._pending.popleft()
                 self._sent = record["seq"]
-                _atomic_text(self.sent_file, str(self._sent))
+                write_atomic(self.sent_file, str(self._sent))
                 self._cond.notify_all()
 
     def _send(self, record: dict[str, Any]) -> None:
@@ -483,7 +482,7 @@ class BackgroundLogger:
 
     def _remember_run(self, run_id: str) -> None:
         self.run_id = run_id
-        _atomic_text(self.folder / RUN_FILE, json.dumps({"run_id": run_id, "tracking_uri": self.uri}))
+        write_atomic(self.folder / RUN_FILE, json.dumps({"run_id": run_id, "tracking_uri": self.uri}))
 
 
 def replay(folder: Path, run_id: str | None = None, flush_s: float = 60.0) -> int:
@@ -492,9 +491,3 @@ def replay(folder: Path, run_id: str | None = None, flush_s: float = 60.0) -> in
     if not (Path(folder) / JOURNAL).is_file():
         return 0
     return BackgroundLogger(folder, run_id).close(flush_s=flush_s)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

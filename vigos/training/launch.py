@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from vigos.config import PRESETS, load_config
+from vigos.tracking import stage_metrics
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -104,7 +105,7 @@ class _Prefixed:
         self.tracker, self.stage = tracker, stage
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.tracker.log_metrics({f"{self.stage}/{k}": v for k, v in metrics.items()}, step)
+        self.tracker.log_metrics(stage_metrics(self.stage, metrics), step)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.tracker.log_artifact(path, artifact_path)
