@@ -101,6 +101,9 @@ class BenchmarkSpec:
     drop_fact: bool = False
     """ViLP-P: keep only the question text after its first "."."""
     description: str = ""
+    items: int | None = None
+    """Questions in the public set, all subsets together, approximate (the published sizes; for run-time
+    projections: benchmarks/full_run.py); None: not known."""
 
     def __post_init__(self) -> None:
         if self.answer_type is not None and self.answer_type not in ANSWER_TYPES:
@@ -114,9 +117,10 @@ class BenchmarkSpec:
         return self.samples if self.samples is not None else default
 
 
-def _zli(name: str, hf_id: str, *, multi_image: bool = False, grader: Grader = "rules", description: str = ""):
+def _zli(name: str, hf_id: str, *, multi_image: bool = False, grader: Grader = "rules", description: str = "",
+         items: int | None = None):
     return BenchmarkSpec(name, (Subset(name, hf_id),), multi_image=multi_image, default_grader=grader,
-                         description=description)
+                         description=description, items=items)
 
 
 _VILP = Subset("vilp", "ViLP/ViLP", split="train")
@@ -124,8 +128,9 @@ _VILP = Subset("vilp", "ViLP/ViLP", split="train")
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
-        _zli("mm-vet", "zli12321/mm-vet", grader="judge", description="218 open-ended items"),
-        _zli("mmmu", "zli12321/MMMU", multi_image=True, description="options inside the problem, some multi-image"),
+        _zli("mm-vet", "zli12321/mm-vet", grader="judge", description="218 open-ended items", items=218),
+        _zli("mmmu", "zli12321/MMMU", multi_image=True, description="options inside the problem, some multi-image",
+             items=895),
         BenchmarkSpec(
             "mmmu-pro",
             (
@@ -134,11 +139,12 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             ),
             multi_image=True,
             description="two subsets (standard: 10 options; vision: the question in a screenshot)",
+            items=2 * 1730,
         ),
-        _zli("mathverse", "zli12321/mathverse"),
-        _zli("mathvista", "zli12321/mathvista", description="1000 items"),
-        _zli("mmsi", "zli12321/MMSI", multi_image=True, description="1000 multi-image items"),
-        _zli("realworldqa", "zli12321/realWorldQA", description="765 items"),
+        _zli("mathverse", "zli12321/mathverse", items=3940),  # the public testmini: 788 problems x 5 versions
+        _zli("mathvista", "zli12321/mathvista", description="1000 items", items=1000),
+        _zli("mmsi", "zli12321/MMSI", multi_image=True, description="1000 multi-image items", items=1000),
+        _zli("realworldqa", "zli12321/realWorldQA", description="765 items", items=765),
         BenchmarkSpec(
             "cv-bench",
             (Subset("cv-bench", "nyu-visionx/CV-Bench", config="default"),),
@@ -149,15 +155,17 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             options_field="choices",
             answer_type="multiple_choice",
             description="2638 items; reference '(L) choice'; 2D/3D breakdown",
+            items=2638,
         ),
         BenchmarkSpec(
             "vilp-f", (_VILP,), layout="vilp", problem_field="question", images_field="image",
             answer_field="answer", samples=1, description="300 rows x 3 images; with the fact sentence",
+            items=900,
         ),
         BenchmarkSpec(
             "vilp-p", (_VILP,), layout="vilp", problem_field="question", images_field="image",
             answer_field="answer", samples=1, drop_fact=True,
-            description="300 rows x 3 images; fact sentence removed",
+            description="300 rows x 3 images; fact sentence removed", items=900,
         ),
     )
 }
