@@ -19,6 +19,7 @@ Needs only torch, transformers, peft and PIL (+ pyyaml).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -39,7 +40,8 @@ from vigos.training import teachers as T  # noqa: E402
 from vigos.training.objective import combine, segment_kl_terms  # noqa: E402
 from vigos.training.segments import parse_completion  # noqa: E402
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from projection import card_for, mfu  # noqa: E402
 
 
 class Row:
@@ -58,8 +60,8 @@ def _sync(device: torch.device) -> None:
 def _peak(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), None)
+    card = card_for(torch.cuda.get_device_name(device))
+    return card.flops if card else None
 
 
 def _lm_params(model) -> int:
@@ -179,7 +181,7 @@ def fwd_bwd(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
         tps = n_tokens / seconds
         row_out = {"seconds": seconds, "tokens_per_s": tps, "loss": loss.item(),
                    "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-                   "mfu": 6 * lm_n * tps / peak if peak else None}
+                   "mfu": mfu(lm_n, tps, peak) if peak else None}
         out[mode] = row_out
         print(f"{mode:6s} {n_tokens} tokens: {seconds * 1000:.0f} ms, {tps:,.0f} tok/s, "
               f"peak {row_out['peak_gib'] or 0:.1f} GiB, MFU {100 * (row_out['mfu'] or 0):.1f}% "
@@ -188,7 +190,117 @@ def fwd_bwd(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------------------------------------
+# --phases: the per-phase times benchmarks/full_run.py projects from (each phase on the trainer's own code path)
+
+
+def phase_decode(args, cfg, model, processor, device) -> list[dict[str, Any]]:
+    """Per batch size: ms per decode step and prefill ms per prompt token, with HFEngine as the trainer builds it
+    (`batch_size` = rollouts per rank; static cache + compiled decode on CUDA).
+
+    Calls on the same prompts: a warm-up of `--decode-tokens` (compiles the decode step for this batch shape),
+    then `--phase-repeats` calls of 1 new token (time to first token = processor + prefill) and as many of
+    `--decode-tokens`; the decode step is the difference of the fastest of each over the extra decode steps (a
+    batch runs until its longest row ends)."""
+    rows = [Row(i, args.image_size) for i in range(max(args.decode_batches))]
+    prompts = [T.context_text(processor, "student", r.problem, r.answer) for r in rows]
+    base = SamplingParams.from_train(cfg.train)
+    out = []
+    for b in args.decode_batches:
+        engine = HFEngine(model, processor, batch_size=b)
+        requests = [GenerationRequest(p, [r.image], 7 * i) for i, (p, r) in enumerate(zip(prompts, rows, strict=True))]
+
+        def timed(n: int, engine=engine, requests=requests[:b]) -> tuple[float, int, float]:
+            _sync(device)
+            t0 = time.perf_counter()
+            results = engine.generate(requests, dataclasses.replace(base, max_new_tokens=n))
+            _sync(device)
+            return (time.perf_counter() - t0, max(r.num_tokens for r in results),
+                    sum(r.prompt_tokens for r in results) / len(results))
+
+        first_call, _, _ = timed(args.decode_tokens)
+        short = [timed(1) for _ in range(args.phase_repeats)]
+        long = [timed(args.decode_tokens) for _ in range(args.phase_repeats)]
+        ttft, prompt_tokens = min(x[0] for x in short), short[0][2]
+        total, steps = min(x[0] for x in long), long[0][1]
+        ms = 1000 * (total - ttft) / max(steps - 1, 1)
+        row = {"batch": b, "ms_per_step": ms, "tokens_per_s": 1000 * b / ms, "decode_steps": steps,
+               "prefill_ms": 1000 * ttft, "prompt_tokens": prompt_tokens,
+               "prefill_ms_per_token": 1000 * ttft / (b * prompt_tokens), "first_call_s": first_call}
+        out.append(row)
+        print(f"decode batch {b:2d}: {ms:6.2f} ms/step ({row['tokens_per_s']:,.0f} tok/s), prefill "
+              f"{row['prefill_ms']:.0f} ms for {b} x {prompt_tokens:.0f} prompt tokens, first call "
+              f"{first_call:.1f}s", flush=True)
+    return out
+
+
+def phase_passes(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
+    """Teacher forward, student forward + backward and optimizer step of one micro-step, as the trainer runs them
+    (micro-batch 1: `train.per_device_train_batch_size`): `segment_kl_terms` times its teacher forwards and the
+    student forward + KL, the backward is added to the student, then clip + AdamW. A random `--phase-tokens`-token
+    completion has no valid format, so it takes the reference teacher (one teacher forward over context +
+    completion). The last of `--phase-repeats` runs counts (the first warms up)."""
+    from vigos.training.objective import teacher_batches
+    from vigos.training.segments import build_segment_masks
+
+    t = cfg.train
+    row = Row(0, args.image_size)
+    prompt = T.context_text(processor, "student", row.problem, row.answer)
+    vocab = T.lm_parts(model)[1].shape[0]
+    gen = torch.Generator().manual_seed(0)
+    completion = torch.randint(0, min(vocab, 150000), (args.phase_tokens,), generator=gen).tolist()
+    engine_eos = HFEngine(model, processor, batch_size=1).eos_token_ids
+    parsed = [parse_completion(processor, completion, eos_token_ids=engine_eos)]
+    masks = build_segment_masks(parsed, device=device)
+    teacher_tokens = sum(int(batch.attention_mask.sum())
+                         for batch, _, _ in teacher_batches(processor, t, [row], parsed, masks).values())
+    student_tokens = len(processor(text=[prompt], images=[row.image])["input_ids"][0]) + len(completion)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
+                              fused=device.type == "cuda")
+    for _ in range(args.phase_repeats):
+        times: dict[str, float] = {}
+        model.train()
+        _sync(device)
+        terms = segment_kl_terms(model, processor, t, [row], [prompt], parsed, device, dtype, times)
+        _sync(device)
+        t0 = time.perf_counter()
+        anchor = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        loss, _ = combine(terms, [terms[k].count if k in terms else 0 for k in ("perception", "reasoning",
+                                                                               "reference")], t, anchor)
+        loss.backward()
+        _sync(device)
+        times["student"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        _sync(device)
+        times["optimizer"] = time.perf_counter() - t0
+    lm_n, peak = _lm_params(model), _peak(device)
+    student_tps = student_tokens / times["student"]
+    out = {
+        "completion_tokens": len(completion), "valid": parsed[0].valid,
+        "teacher": {"tokens": teacher_tokens, "seconds": times["teachers"],
+                    "tokens_per_s": teacher_tokens / times["teachers"]},
+        "student": {"tokens": student_tokens, "seconds": times["student"], "tokens_per_s": student_tps,
+                    "mfu": mfu(lm_n, student_tps, peak) if peak else None},
+        "optimizer": {"seconds": times["optimizer"]},
+    }
+    print(f"teacher forward: {teacher_tokens} tokens in {times['teachers'] * 1000:.0f} ms "
+          f"({out['teacher']['tokens_per_s']:,.0f} tok/s); student fwd+bwd: {student_tokens} tokens in "
+          f"{times['student'] * 1000:.0f} ms ({student_tps:,.0f} tok/s, MFU "
+          + (f"{100 * out['student']['mfu']:.1f}%" if out["student"]["mfu"] else "n/a (no GPU peak)")
+          + f"); optimizer {times['optimizer'] * 1000:.1f} ms", flush=True)
+    return out
+
+
+def phases(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
+    """Everything benchmarks/full_run.py needs, measured on this card."""
+    return {"lm_params": _lm_params(model), "decode": phase_decode(args, cfg, model, processor, device),
+            **phase_passes(args, cfg, model, processor, device, dtype)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "qwen7b-shapes"), default="tiny")
     parser.add_argument("--steps", type=int, default=3)
@@ -201,12 +313,31 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="only part 2")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="recompute activations in backward (the trainer's default)")
+    parser.add_argument("--phases", action="store_true",
+                        help="only the per-phase times benchmarks/full_run.py projects from (decode per batch "
+                             "size, prefill, teacher, student, optimizer)")
+    parser.add_argument("--decode-batches", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 2, 4, 8, 16, 32], help="--phases: decode batch sizes (comma-separated)")
+    parser.add_argument("--decode-tokens", type=int, default=None,
+                        help="--phases: new tokens of the timed decode calls (default 8 CPU, 128 GPU)")
+    parser.add_argument("--phase-tokens", type=int, default=None,
+                        help="--phases: completion tokens of the timed micro-step (default 64 CPU, 1024 GPU)")
+    parser.add_argument("--phase-repeats", type=int, default=2,
+                        help="--phases: timed runs of each decode call (fastest counts) and of the micro-step "
+                             "(the last counts, the first warms up)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     gpu = args.model == "qwen7b-shapes" and not args.shrink
     args.new_tokens = args.new_tokens or (256 if gpu else 48)
     args.seq_len = args.seq_len or (4096 if gpu else 512)
+    args.decode_tokens = args.decode_tokens or (128 if gpu else 8)
+    args.phase_tokens = args.phase_tokens or (1024 if gpu else 64)
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark as `args` asks (benchmarks/full_run.py calls it with --phases); writes `args.json` if set."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     t0 = time.perf_counter()
@@ -215,15 +346,20 @@ def main() -> None:
     print(f"{args.model} on {name}: {_lm_params(model) / 1e9:.2f} B LM parameters, LoRA r{cfg.lora.r}, "
           f"setup {time.perf_counter() - t0:.0f}s", flush=True)
     result: dict[str, Any] = {"model": args.model, "device": name, "torch": torch.__version__,
-                              "gradient_checkpointing": args.gradient_checkpointing}
-    if not args.skip_steps:
+                              "gradient_checkpointing": args.gradient_checkpointing,
+                              "args": {k: v for k, v in vars(args).items() if k != "json"}}
+    if args.phases:
+        result["phases"] = phases(args, cfg, model, processor, device, dtype)
+    elif not args.skip_steps:
         result["optimizer_steps"] = optimizer_steps(args, cfg, model, processor, device, dtype)
-    result["fwd_bwd"] = fwd_bwd(args, cfg, model, processor, device, dtype)
-    print(f"student fwd+bwd, ours vs naive: {result['fwd_bwd']['speedup']:.2f}x tokens/s", flush=True)
+    if not args.phases:
+        result["fwd_bwd"] = fwd_bwd(args, cfg, model, processor, device, dtype)
+        print(f"student fwd+bwd, ours vs naive: {result['fwd_bwd']['speedup']:.2f}x tokens/s", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())
