@@ -42,6 +42,7 @@ bench: install  ## CPU benchmarks (ratios measured side by side; GPU runs: see b
 	$(BIN)/python benchmarks/kl_memory.py --device cpu --vocab 8192 --hidden 256 --tokens 512 1024 --chunk-size 64 auto
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/full_run.py --measured benchmarks/results/train_step_h200.json --steps-batch 16
 	$(BIN)/python benchmarks/grading.py
 	$(BIN)/python benchmarks/artifact_io.py
 	$(BIN)/python benchmarks/faults.py

@@ -54,7 +54,7 @@ def measure(train_step_argv: list[str]) -> dict[str, Any]:
     return train_step.run(train_step.parse_args([*train_step_argv, "--phases"]))
 
 
-def project(ph: P.Phases, args, cfg) -> dict[str, Any]:
+def project(ph: P.Phases, args, cfg, device: str = "this device") -> dict[str, Any]:
     run = P.TrainRun(args.steps, args.rollouts, args.gpus, args.prompt_tokens, args.valid_fraction)
     train_len = P.LengthDist(args.length_median, args.length_sigma, args.length_cap)
     eval_len = P.LengthDist(args.length_median, args.length_sigma, cfg.eval.max_new_tokens)
@@ -80,7 +80,7 @@ def project(ph: P.Phases, args, cfg) -> dict[str, Any]:
         ev = P.project_eval(on, sequences, run.gpus, cfg.eval.batch_size, args.prompt_tokens, eval_len)["generate"]
         seconds |= {"training": sum(seconds.values()), "eval_base": ev, "eval_trained": ev}
         seconds["total"] = seconds["training"] + 2 * ev
-        label = f"{run.gpus}x{card.name if card else 'this device'}" + (" (measured)" if key == "measured" else "")
+        label = f"{run.gpus}x{card.name if card else device}" + (" (measured card)" if key == "measured" else "")
         out["cards"][label] = {"hours": {k: v / 3600 for k, v in seconds.items()},
                                "gpu_hours": {k: v / 3600 * run.gpus for k, v in seconds.items()},
                                "decode_ms": {"training": on.decode_at(run.rollouts // run.gpus),
@@ -177,7 +177,7 @@ def main() -> None:
         data, src = measure(rest), "this run's measurements"
     card = P.CARDS[args.source_card] if args.source_card else None
     ph = P.phases_from_json(data, steps_batch=args.steps_batch, card=card)
-    proj = project(ph, args, cfg)
+    proj = project(ph, args, cfg, device=data.get("device", "this device"))
     bw = bandwidth_table(ph)
     mfu = student_mfu(data, ph)
     report(src, data, ph, proj, bw, mfu)

@@ -12,7 +12,13 @@ format, so most rollouts go to the reference teacher (one teacher forward instea
 Part 2, the student forward + backward on one `--seq-len`-token sequence, side by side: (naive) the HF model's full
 logits and a full-vocabulary KL against teacher logits, vs (ours) final hidden states and the chunked KL. LoRA r64 on
 the language model, gradient checkpointing, bf16 on CUDA. MFU = 6 * N_lm * tokens/s / peak (the anchors'
-convention; peak 989 TFLOP/s bf16 dense for H100/H200, 312 for A100).
+convention; peak 989 TFLOP/s bf16 dense for H100/H200, 312 for A100: `projection.CARDS`).
+
+`--phases` (instead of parts 1 and 2): the per-phase times `benchmarks/full_run.py` projects the paper's run from,
+each on the trainer's code path: decode ms per step at `--decode-batches` (HFEngine as the trainer builds it;
+steady state: time to first token subtracted, compile excluded), prefill ms per prompt token, teacher forward and
+student forward + backward tokens/s of one micro-step (`segment_kl_terms` + backward; student MFU), optimizer
+seconds. `--model qwen7b-shapes --shrink --phases --decode-batches 1,4` is its CPU smoke test.
 Needs only torch, transformers, peft and PIL (+ pyyaml).
 """
 
