@@ -181,6 +181,9 @@ def phases_from_json(data: dict[str, Any], steps_batch: int | None = None, card:
     card = card or card_for(data.get("device", ""))
     if "phases" in data:
         p = data["phases"]
+        if any(d["ms_per_step"] <= 0 for d in p["decode"]):
+            raise ValueError("a decode step measured <= 0 ms (the long call was not slower than the 1-token one: a "
+                             "noisy machine); measure again with a larger --decode-tokens")
         return Phases(
             card, int(p["lm_params"]),
             decode_ms={int(d["batch"]): d["ms_per_step"] for d in p["decode"]},

@@ -139,3 +139,6 @@ def test_phases_json_is_read_as_measured():
     ph = P.phases_from_json(data)
     assert ph.card is None and ph.decode_ms == {1: 5.0, 4: 6.0} and ph.prefill_ms_per_token == {1: 0.2, 4: 0.1}
     assert P.phases_from_json(data, card=P.CARDS["H100"]).card is P.CARDS["H100"]
+    data["phases"]["decode"][0]["ms_per_step"] = -3.0
+    with pytest.raises(ValueError, match="decode-tokens"):
+        P.phases_from_json(data)
