@@ -445,8 +445,8 @@ def _engine_row(folder: Path, requests, params: SamplingParams, args: argparse.N
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     started = time.perf_counter()
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16,
-                                                               attn_implementation="sdpa").to(device).eval()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa",
+                                                               device_map=str(device)).eval()
     engine = HFEngine(model, AutoProcessor.from_pretrained(folder), batch_size=args.batch_size)
     load_s = time.perf_counter() - started
     warm = _timed_generate(engine, requests[: args.batch_size], params, device)  # compiles on CUDA
