@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/eval_throughput.py                          # tiny random model, CPU
     python benchmarks/eval_throughput.py --model qwen7b-shapes --json out.json   # GPU, Qwen2.5-VL-7B shapes
+    python benchmarks/eval_throughput.py --backend vllm --concurrency 256 --json out.json   # GPU: vLLM vs engine
 
 `--model tiny` (default): the tiny random Qwen2.5-VL (built into a temp dir), `--questions` prompts with an image,
 `--samples` samples each (seeds 42+s). It times, on the same prompts: (1) one `generate` call per question and sample
@@ -23,14 +24,31 @@ left padding): no recompile expected (the dynamo graph count is printed). Needs 
 seeds 42+s) through `OpenAIEngine` (eval.backend=openai) against a running OpenAI-compatible server, `--concurrency`
 requests in flight; the processor (prompt rendering, image sizing, the prefill probe) comes from `--processor`
 (default: the tiny model). On CPU against `transformers serve` on the tiny model this is a plumbing number, not a
-speed claim. On a GPU: start `vllm serve <7B folder> --served-model-name m` and pass `--processor <7B folder>`,
-then run the engine on the same prompts (`--model qwen7b-shapes`) for the comparison.
+speed claim. For vLLM against the engine, use `--backend vllm` (one run, both sides).
+
+`--backend vllm`: vLLM vs our engine in ONE run, on the same requests and sampling, on the same GPU(s). (a) The
+random-weight 7B-shape model above (`--shrink`: tiny widths; `--model-dir`: a real checkpoint folder instead) is
+written with its processor as a bf16 safetensors folder (`--work-dir`, default a temp folder; 16 GB at 7B) and freed.
+(b) `vllm serve` on it, started, health-waited and stopped (whatever happens) by the evaluation's own launcher
+(`vigos.generation.vllm_server`; `--data-parallel-size`, 0 = one replica per GPU; `--vllm-args "..."` appended);
+`--questions` (1000) x `--samples` (5) requests (a 224x224 image each, 64 image tokens; seeds 42+s) go through
+`OpenAIEngine` (eval.backend=vllm's path), `--concurrency` in flight, after a warm-up round of `--concurrency`
+requests (the prefill probe). (c) `HFEngine` (static cache + compiled decode on CUDA, the evaluation's `engine`
+backend; dynamic cache on CPU) loads the same folder and runs the same requests, `--batch-size` per call, after a
+warm-up batch (the compile). (d) Tokens/s, tokens/s per GPU, the wall time of all samples (= Pass@k generation
+time), start/load and warm-up seconds, errors, and the ratio, side by side; `--json` is written after each phase.
+`--serve-with transformers` starts `transformers serve` through the same launcher instead of vLLM: the CPU smoke
+test of the whole orchestration (plumbing, not speed):
+
+    .venv/bin/python benchmarks/eval_throughput.py --backend vllm --serve-with transformers --shrink \
+        --vision-depth 2 --questions 4 --samples 2 --max-new-tokens 8 --concurrency 4 --batch-size 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -318,19 +336,12 @@ def run_server(args: argparse.Namespace) -> dict[str, Any]:
     """The tiny-run prompts through `OpenAIEngine` against the server at `--base-url`."""
     from transformers import AutoProcessor
 
-    from vigos.data.prompts import with_prefill
     from vigos.generation.openai import OpenAIEngine
 
     folder = args.processor or str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", seed=0))
     processor = AutoProcessor.from_pretrained(folder)
     params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
-    requests = []
-    for i in range(args.questions):
-        images = [_image(i, 64)]
-        messages = build_messages(QUESTIONS[i % len(QUESTIONS)], images)
-        prompt = build_prompt_text(processor, messages)
-        requests += [GenerationRequest(prompt, images, seed=42 + s, messages=with_prefill(messages))
-                     for s in range(args.samples)]
+    requests = _chat_requests(processor, args.questions, args.samples, image_size=64)
     engine = OpenAIEngine(args.base_url, args.server_model or folder, processor, concurrency=args.concurrency)
     engine.generate(requests[:1], params)  # the prefill probe and a warm-up, outside the timing
     started = time.perf_counter()
@@ -343,6 +354,165 @@ def run_server(args: argparse.Namespace) -> dict[str, Any]:
             "concurrency": args.concurrency}
 
 
+def _chat_requests(processor, questions: int, samples: int, image_size: int) -> list[GenerationRequest]:
+    """`questions` x `samples` requests (seeds 42+s), each with its chat messages: the engine reads the prompt text
+    and images, a server the messages (the same prompt, see vigos.generation.openai)."""
+    from vigos.data.prompts import with_prefill
+
+    requests = []
+    for i in range(questions):
+        images = [_image(i, image_size)]
+        messages = build_messages(QUESTIONS[i % len(QUESTIONS)], images)
+        prompt = build_prompt_text(processor, messages)
+        requests += [GenerationRequest(prompt, images, seed=42 + s, messages=with_prefill(messages))
+                     for s in range(samples)]
+    return requests
+
+
+def _timed_generate(engine, requests, params: SamplingParams, device: torch.device) -> dict[str, Any]:
+    _sync(device)
+    started = time.perf_counter()
+    results = engine.generate(requests, params)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    tokens = sum(r.num_tokens for r in results)
+    return {"seconds": seconds, "samples": len(results), "tokens": tokens, "samples_per_s": len(results) / seconds,
+            "tokens_per_s": tokens / seconds, "errors": sum(r.finish_reason == "error" for r in results),
+            "stop_rate": sum(r.finish_reason == "stop" for r in results) / len(results)}
+
+
+# ---------------------------------------------------------------------------------------------------- vLLM vs engine
+
+
+def _save_7b_shapes(folder: Path, args: argparse.Namespace, device: torch.device) -> int:
+    """The random-weight 7B-shape model (`--shrink`: tiny widths) and its processor as a bf16 safetensors folder,
+    what `vllm serve` loads; the model is freed before any server starts (both backends get the whole GPU).
+    Returns its parameter count."""
+    import gc
+
+    model, processor = random_qwen25vl_7b_shapes(device, torch.bfloat16, vision_depth=args.vision_depth,
+                                                 shrink=args.shrink)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder)  # safetensors
+    processor.save_pretrained(folder)
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return n_params
+
+
+def _server_row(folder: Path, processor, requests, params: SamplingParams, args: argparse.Namespace,
+                device: torch.device, log_path: Path) -> dict[str, Any]:
+    """(b) `vllm serve` on `folder` through the evaluation's own launcher (vigos.generation.vllm_server: start,
+    health wait, stop on every exit path), the requests through `OpenAIEngine`. `--serve-with transformers`:
+    `transformers serve` through the same launcher (the CPU smoke test)."""
+    from vigos.generation import vllm_server as launcher
+    from vigos.generation.openai import OpenAIEngine
+
+    if args.serve_with == "vllm":
+        command, model_name = None, launcher.SERVED_MODEL_NAME
+        replicas = args.data_parallel_size or launcher.visible_gpus()
+    else:
+        exe = Path(sys.executable).with_name("transformers")
+
+        def command(port: int) -> list[str]:
+            return [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--device",
+                    device.type, "--log-level", "warning"]
+
+        model_name, replicas = str(folder), 1
+    started = time.perf_counter()
+    with launcher.vllm_server(str(folder), data_parallel_size=replicas, log_path=log_path,
+                              timeout_s=args.start_timeout, extra_args=shlex.split(args.vllm_args),
+                              command=command) as base_url:
+        start_s = time.perf_counter() - started
+        print(f"{args.serve_with} serve healthy after {start_s:.0f}s", flush=True)
+        engine = OpenAIEngine(base_url, model_name, processor, concurrency=args.concurrency)
+        # the prefill probe and one round of `concurrency` requests, outside the timing (the engine's twin: its
+        # first batch, which compiles)
+        warm = _timed_generate(engine, requests[: args.concurrency], params, torch.device("cpu"))
+        row = _timed_generate(engine, requests, params, torch.device("cpu"))
+    row.update(server=args.serve_with, replicas=replicas, concurrency=args.concurrency, route=engine.route.name,
+               start_seconds=start_s, warmup_seconds=warm["seconds"],
+               tokens_per_s_per_gpu=row["tokens_per_s"] / replicas)
+    return row
+
+
+def _engine_row(folder: Path, requests, params: SamplingParams, args: argparse.Namespace,
+                device: torch.device) -> dict[str, Any]:
+    """(c) HFEngine on the same folder, requests and sampling (static cache + compiled decode on CUDA, the
+    evaluation's `engine` backend; dynamic cache on CPU)."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    started = time.perf_counter()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa",
+                                                               device_map=str(device)).eval()
+    engine = HFEngine(model, AutoProcessor.from_pretrained(folder), batch_size=args.batch_size)
+    load_s = time.perf_counter() - started
+    warm = _timed_generate(engine, requests[: args.batch_size], params, device)  # compiles on CUDA
+    row = _timed_generate(engine, requests, params, device)
+    row.update(cache=engine.cache_implementation or "dynamic", batch_size=args.batch_size, load_seconds=load_s,
+               warmup_seconds=warm["seconds"], tokens_per_s_per_gpu=row["tokens_per_s"])
+    del engine, model
+    return row
+
+
+def run_vllm_vs_engine(args: argparse.Namespace) -> dict[str, Any]:
+    """`--backend vllm`: (a) the model folder, (b) the server on it, (c) the engine on it, (d) side by side."""
+    import transformers
+    from transformers import AutoProcessor
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
+    result: dict[str, Any] = {"model": args.model_dir or ("qwen7b-shapes" + ("-shrunk" if args.shrink else "")),
+                              "device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+                              "questions": args.questions, "samples": args.samples, "params": params.to_dict()}
+
+    def save() -> None:  # after each phase: a run cut short keeps what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="vigos-vllm-bench-", dir=args.work_dir) as tmp:
+        started = time.perf_counter()
+        if args.model_dir:
+            folder = Path(args.model_dir)
+        else:
+            folder = Path(tmp) / "model"
+            result["parameters"] = _save_7b_shapes(folder, args, device)
+        result["setup_seconds"] = time.perf_counter() - started
+        processor = AutoProcessor.from_pretrained(folder)
+        requests = _chat_requests(processor, args.questions, args.samples, image_size=224)
+        lengths = [len(processor(text=[r.prompt], images=r.images)["input_ids"][0])
+                   for r in requests[: len(QUESTIONS) * args.samples : args.samples]]
+        result["prompt_tokens"] = [min(lengths), max(lengths)]
+        print(f"{result['model']} on {gpu} (setup {result['setup_seconds']:.0f}s): {args.questions} questions x "
+              f"{args.samples} samples = {len(requests)} requests, a 224x224 image each, prompt tokens "
+              f"{min(lengths)}-{max(lengths)}, {params.max_new_tokens} new tokens, T {params.temperature}, top-p "
+              f"{params.top_p}, top-k {params.top_k}", flush=True)
+        result["server"] = _server_row(folder, processor, requests, params, args, device, Path(tmp) / "server.log")
+        print("server", result["server"], flush=True)
+        save()
+        result["engine"] = _engine_row(folder, requests, params, args, device)
+        print("engine", result["engine"], flush=True)
+    server, engine = result["server"], result["engine"]
+    result["ratio_tokens_per_s_per_gpu"] = server["tokens_per_s_per_gpu"] / engine["tokens_per_s_per_gpu"]
+    save()
+    print(f"\n{'backend':<48}{'tokens/s':>10}{'per GPU':>9}{'wall s':>9}{'start s':>9}{'warm s':>8}{'errors':>7}")
+    for label, row, start in (
+        (f"{args.serve_with} serve, {server['replicas']} replica(s), {args.concurrency} in flight", server,
+         server["start_seconds"]),
+        (f"HFEngine, {engine['cache']} cache, batch {engine['batch_size']}", engine, engine["load_seconds"]),
+    ):
+        print(f"{label:<48}{row['tokens_per_s']:>10.0f}{row['tokens_per_s_per_gpu']:>9.0f}{row['seconds']:>9.1f}"
+              f"{start:>9.1f}{row['warmup_seconds']:>8.1f}{row['errors']:>7}")
+    print(f"server / engine, tokens/s per GPU: {result['ratio_tokens_per_s_per_gpu']:.2f}x (goal >= 2x); server "
+          f"{server['tokens_per_s_per_gpu']:.0f} tokens/s per GPU (goal >= 3,000 on an H200); wall time of the "
+          f"{len(requests)} samples: {server['seconds']:.1f}s vs {engine['seconds']:.1f}s")
+    return result
+
+
 def _diff(after: int | None, before: int | None) -> int | None:
     return None if after is None or before is None else after - before
 
@@ -352,14 +522,14 @@ def main() -> None:
     tiny_new_tokens = load_config("tiny").eval.max_new_tokens
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "qwen7b-shapes"), default="tiny")
-    parser.add_argument("--questions", type=int, default=16, help="tiny: questions.")
+    parser.add_argument("--questions", type=int, default=None, help="tiny / openai: questions (16); vllm: 1000.")
     parser.add_argument("--samples", type=int, default=ev.n_samples, help="tiny: samples per question (seeds 42+s).")
     parser.add_argument("--batch-size", type=int, default=ev.batch_size, help="tiny: engine sequences per call.")
     parser.add_argument(
         "--max-new-tokens",
         type=int,
         default=None,
-        help=f"Default: {tiny_new_tokens} (tiny preset), 128 (qwen7b-shapes).",
+        help=f"Default: {tiny_new_tokens} (tiny preset), 128 (qwen7b-shapes, vllm).",
     )
     parser.add_argument("--temperature", type=float, default=ev.temperature)
     parser.add_argument("--top-p", type=float, default=ev.top_p)
@@ -373,14 +543,30 @@ def main() -> None:
     )
     parser.add_argument("--vision-depth", type=int, default=32, help="qwen7b-shapes: vision blocks (7B: 32).")
     parser.add_argument("--device", default=None, help="qwen7b-shapes: default cuda if available.")
-    parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes: tiny widths (a CPU smoke test).")
-    parser.add_argument("--backend", choices=("engine", "openai"), default="engine")
+    parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes, vllm: tiny widths (a CPU smoke test).")
+    parser.add_argument("--backend", choices=("engine", "openai", "vllm"), default="engine")
     parser.add_argument("--base-url", default="", help="openai: the server's API root (http://HOST:PORT/v1).")
     parser.add_argument("--server-model", default="", help="openai: the model name requests carry.")
     parser.add_argument("--processor", default="", help="openai: model folder for the processor (default: tiny).")
-    parser.add_argument("--concurrency", type=int, default=ev.concurrency, help="openai: requests in flight.")
+    parser.add_argument("--concurrency", type=int, default=ev.concurrency, help="openai, vllm: requests in flight.")
+    parser.add_argument("--model-dir", default="", help="vllm: a model folder (default: random 7B shapes).")
+    parser.add_argument("--serve-with", choices=("vllm", "transformers"), default="vllm",
+                        help="vllm: the server the launcher starts (transformers: `transformers serve`, CPU smoke).")
+    parser.add_argument("--data-parallel-size", type=int, default=0, help="vllm: replicas (0: one per GPU).")
+    parser.add_argument("--vllm-args", default="", help="vllm: extra `vllm serve` arguments, one string.")
+    parser.add_argument("--start-timeout", type=float, default=ev.vllm_start_timeout_s,
+                        help="vllm: seconds the server may take to get healthy.")
+    parser.add_argument("--work-dir", default=None, help="vllm: where the model folder is written (default: tmp).")
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     args = parser.parse_args()
+    if args.backend == "vllm":
+        args.questions = args.questions or 1000
+        args.max_new_tokens = args.max_new_tokens or 128
+        result = run_vllm_vs_engine(args)  # writes --json itself, after each phase
+        if args.json:
+            print(f"wrote {args.json}")
+        return
+    args.questions = args.questions or 16
     if args.backend == "openai":
         args.max_new_tokens = args.max_new_tokens or tiny_new_tokens
         result = run_server(args)

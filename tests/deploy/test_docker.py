@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,11 @@ def test_eval_image_keeps_vllms_torch_and_is_built_by_make_images():
     assert "FROM vllm/vllm-openai:${VLLM_VERSION}" in text
     assert "--no-deps" in text and "--constraint /tmp/vllm-constraints.txt" in text  # nothing of vLLM's moves
     assert "torch-version" in text  # the build fails if torch changed anyway
+    # vLLM's image runs Python 3.12: pyproject allows it, rather than pip being told to ignore requires-python
+    assert "--ignore-requires-python" not in text
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains("3.12") and SpecifierSet(requires).contains("3.11")
+    assert "python3 /tmp/check_eval_image.py" in text and (DOCKER / "check_eval_image.py").is_file()
     cuda = _pins(DOCKER / "requirements-cuda.txt")
     for name, version in _pins(DOCKER / "requirements-vllm.txt").items():
         assert cuda.get(name) == version, f"{name}=={version} differs from requirements-cuda.txt"

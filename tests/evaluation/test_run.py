@@ -266,3 +266,35 @@ def test_plain_progress_lines_for_pod_logs(cfg, tiny_model_dir, engine, tiny_pro
     assert [line.split()[2] for line in ends] == [f"{i}/{len(names)}" for i in range(1, len(names) + 1)]
     assert all("left" in line and "\r" not in line for line in lines)
     assert any("samples (" in line and "/s, about" in line for line in lines)  # within a benchmark
+
+
+def test_switching_backend_resumes_and_the_record_says_who_wrote_which_rows(cfg, tiny_model_dir, engine,
+                                                                            tiny_processor, tmp_path, monkeypatch):
+    """The backend is not a setting (run.py's docstring: same prompt, sampling and seeds), so a run may finish
+    another backend's rows; eval_run.json's "generations" names each run's backend and the rows it wrote, with
+    the server URL's secrets masked, and "settings" (the registry's `eval.*` tags) never mention the backend."""
+    cfg.eval.benchmarks = ["mmmu"]
+    cfg.eval.max_examples = 1
+    out = tmp_path / "out"
+    run_eval(tiny_model_dir, cfg, out, progress=False, cache_dir=str(tmp_path / "c"))  # backend engine: loads it
+    state = json.loads((out / "responses" / "eval_run.json").read_text())
+
+    # the rest through a server: the OpenAI engine is stood in for by the local engine (the real server path is
+    # tests/evaluation/test_serve_backend.py); its URL carries a secret of the environment
+    secret = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("VIGOS_EVAL_API_KEY", secret)
+    served = CountingEngine(engine.inner)
+    monkeypatch.setattr(run_mod._Model, "_server_engine", lambda self: served)
+    cfg.eval.backend, cfg.eval.base_url = "openai", f"http://gw.example:8000/v1?key={secret}"
+    cfg.eval.max_examples = 2
+    counts = run_eval(tiny_model_dir, cfg, out, progress=False, cache_dir=str(tmp_path / "c"))
+    assert counts["mmmu"]["resumed"] == 2 and counts["mmmu"]["generated"] == 2 and len(served.requests) == 2
+    run_eval(tiny_model_dir, cfg, out, progress=False, engine=NoEngine(), cache_dir=str(tmp_path / "c"))
+
+    after = json.loads((out / "responses" / "eval_run.json").read_text())
+    assert after["settings"] == state["settings"] and "backend" not in json.dumps(after["settings"])
+    first, second = after["generations"]  # the third run wrote nothing: no entry
+    assert first["backend"] == "engine" and first["engine"] == "HFEngine" and first["rows"] == {"mmmu": 2}
+    assert second["backend"] == "openai" and second["engine"] == "CountingEngine" and second["rows"] == {"mmmu": 2}
+    assert second["base_url"] == "http://gw.example:8000/v1?key=***" and second["server_model"] == str(tiny_model_dir)
+    assert secret not in (out / "responses" / "eval_run.json").read_text()

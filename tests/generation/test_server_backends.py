@@ -125,3 +125,15 @@ def test_open_template_renders_the_engine_prompt(tiny_processor, red_image):
         got = tiny_processor.apply_chat_template(with_prefill(messages), tokenize=False, add_generation_prompt=True,
                                                  chat_template=OPEN_TEMPLATE)
         assert got == want and got.endswith("<|im_start|>assistant\n<description>")
+
+
+def test_another_servers_command_goes_through_the_same_start_wait_and_stop(stand_in, tmp_path, monkeypatch):
+    """`command=` (benchmarks/eval_throughput.py's CPU smoke test runs `transformers serve` this way): that command
+    line, no GPU count asked for, and the same health wait and stop."""
+    monkeypatch.setattr(vllm_server, "visible_gpus", lambda: pytest.fail("a custom command needs no GPU count"))
+    script = vllm_server.VLLM[1]
+    with start_vllm("ignored", log_path=tmp_path / "s.log", timeout_s=30,
+                    command=lambda port: [sys.executable, script, "--port", str(port), "--other"]) as base_url:
+        started = json.loads(stand_in.read_text())
+    assert started["argv"] == ["--port", base_url.rsplit(":", 1)[1].removesuffix("/v1"), "--other"]
+    assert not _alive(started["pid"])

@@ -23,6 +23,14 @@ For each benchmark of `cfg.eval.benchmarks` (registry: `vigos.evaluation.benchma
   text and each benchmark's source copy; resuming with different ones is an error (mixing them would make Pass@k
   meaningless); a different model path is only a warning (a re-mounted artifact). It also gets each benchmark's
   counts and skipped bad rows. Temp files of a killed rewrite are removed when a run starts.
+- **Who generated** (`eval_run.json` "generations", not "settings"): each run that wrote rows appends its backend
+  (`eval.backend`, the engine class, the model; `openai`: the server's URL, secrets masked, and model name; `vllm`:
+  its version and arguments), when it started, and per benchmark the rows it wrote (a run killed mid-benchmark has
+  its rows counted by the next run as resumed). The backend is not a setting: every backend renders the same prompt
+  (a server's is checked token for token), samples with the same parameters and per-sample seeds, so their
+  samples are interchangeable in distribution (not in bits). A run may therefore resume another backend's rows
+  (a vLLM pod that died, finished by the engine), and the registry's like-for-like check (the "settings" as `eval.*`
+  tags) does not set a vLLM-evaluated candidate apart from an engine-evaluated champion.
 
 Row contract (docs/architecture.md): `benchmark`, `example_id`, `sample_index`, `prompt` (the problem text shown in the
 student prompt, options included), `response`, `reference`, `answer_type`, `options`, `extracted` (null: scoring
@@ -50,6 +58,7 @@ from vigos.errors import VigosError, disk_writes
 from vigos.evaluation.benchmarks import EvalItem, get_benchmark, load_benchmark, parse_sources
 from vigos.generation import GenerationRequest, SamplingParams, dist_rank_world, shard_for_rank
 from vigos.progress import duration
+from vigos.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +319,29 @@ class _Model:
         self._stack.close()
 
     def __post_init__(self) -> None:
-        self.server = self.engine is None and self.cfg.eval.backend != "engine"
+        self.given = self.engine is not None
+        self.server = not self.given and self.cfg.eval.backend != "engine"
         """Whether the engine is an OpenAI-compatible server (a given `engine` is used as it is)."""
+
+    def generation_record(self) -> dict[str, Any]:
+        """This run's entry of eval_run.json "generations" (see the module docstring), once its engine exists."""
+        ev = self.cfg.eval
+        record: dict[str, Any] = {"backend": "given" if self.given else ev.backend,
+                                  # None: rank 0 wrote none of the rows (the other ranks did)
+                                  "engine": None if self.engine is None else type(self.engine).__name__,
+                                  "model": self.model_dir}
+        if not self.given and ev.backend == "openai":
+            record |= {"base_url": redact(ev.base_url), "server_model": ev.server_model or self.model_dir}
+        elif not self.given and ev.backend == "vllm":
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                record["vllm"] = version("vllm")
+            except PackageNotFoundError:
+                record["vllm"] = None
+            record |= {"vllm_args": [redact(a) for a in ev.vllm_args],
+                       "vllm_data_parallel_size": ev.vllm_data_parallel_size}
+        return record
 
     def get_processor(self) -> Any:
         if self.processor is None:
@@ -450,6 +480,8 @@ def _run_benchmarks(
     ev = cfg.eval
     counts: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    generation: dict[str, Any] | None = None  # this run's "generations" entry, from its first written row
     for index, spec in enumerate(specs):
         name = spec.name
         loaded = load_benchmark(name, source=sources.get(name), max_examples=ev.max_examples,
@@ -479,6 +511,12 @@ def _run_benchmarks(
             record.update(rows=len(final), finish_length=sum(r.get("finish_reason") == "length" for r in final),
                           errors=errors, complete=len(final) == len(wanted) and not errors)
             run_state["benchmarks"][name] = {**record, "sources": loaded.sources, "skipped": loaded.skipped}
+            written = len(final) - resumed  # this run's rows, all ranks, failed requests included
+            if written:
+                if generation is None:
+                    generation = {**holder.generation_record(), "started": started_at, "rows": {}}
+                    run_state.setdefault("generations", []).append(generation)
+                generation["rows"][name] = written
             _write_atomic(run_file, json.dumps(run_state, indent=2, ensure_ascii=False) + "\n")
         counts[name] = record
         if rank == 0:  # a plain line per benchmark: pod logs get no tqdm bar worth reading

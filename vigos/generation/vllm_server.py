@@ -8,6 +8,9 @@ Stop: SIGTERM to the server's process group (vLLM's API server, engine cores and
 after `STOP_GRACE_S`. A SIGTERM to this process while the server runs (Kubernetes stopping the pod, the step's own
 time-out) is turned into an exception, so the `finally` that stops the server runs (Python's default for SIGTERM
 is to die at once, which would leave the GPU workers behind).
+
+`command` swaps the command line for another OpenAI-compatible server's (same start, health wait and stop):
+benchmarks/eval_throughput.py's CPU smoke test runs `transformers serve` through it where vLLM cannot run.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from vigos.errors import VigosError, sigterm_exits
@@ -59,7 +62,7 @@ def _tail(path: Path, chars: int = 2000) -> str:
         return ""
 
 
-def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
+def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float, log_path: Path, name: str = "vllm serve") -> None:
     """Until GET `base`/health answers 200; VigosError (with the log's tail) if the server exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -70,10 +73,10 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float, log_path: 
         except OSError:
             pass
         if proc.poll() is not None:
-            raise VigosError(f"`vllm serve` exited with code {proc.returncode} before it was healthy; its log "
+            raise VigosError(f"`{name}` exited with code {proc.returncode} before it was healthy; its log "
                              f"{log_path} ends with: {_tail(log_path)!r}")
         if time.monotonic() > deadline:
-            raise VigosError(f"`vllm serve` did not answer {base}/health within {timeout_s:g} s (eval."
+            raise VigosError(f"`{name}` did not answer {base}/health within {timeout_s:g} s (eval."
                              f"vllm_start_timeout_s); its log {log_path} ends with: {_tail(log_path)!r}")
         time.sleep(HEALTH_POLL_S)
 
@@ -101,15 +104,21 @@ def vllm_server(
     timeout_s: float = 1800.0,
     extra_args: Sequence[str] = (),
     grace_s: float = STOP_GRACE_S,
+    command: Callable[[int], Sequence[str]] | None = None,
 ) -> Iterator[str]:
     """Start `vllm serve` on `model` (0 replicas: one per visible GPU), wait for /health, yield the OpenAI API root
-    (`http://127.0.0.1:<port>/v1`); stop the server however the block ends."""
-    if data_parallel_size <= 0:
-        data_parallel_size = visible_gpus()
-        if data_parallel_size == 0:
-            raise VigosError("eval.backend=vllm needs a GPU and this machine shows none; use --backend engine on CPU")
+    (`http://127.0.0.1:<port>/v1`); stop the server however the block ends. `command(port)`: another server's
+    command line instead (`model`, `data_parallel_size` and `extra_args` are then unused)."""
+    name = "vllm serve" if command is None else "the generation server"
+    if command is None:
+        if data_parallel_size <= 0:
+            data_parallel_size = visible_gpus()
+            if data_parallel_size == 0:
+                raise VigosError("eval.backend=vllm needs a GPU and this machine shows none; use --backend engine "
+                                 "on CPU")
+        command = lambda port: vllm_command(model, port, data_parallel_size, extra_args)  # noqa: E731
     port = free_port()
-    cmd = vllm_command(model, port, data_parallel_size, extra_args)
+    cmd = list(command(port))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with sigterm_exits():
         with open(log_path, "ab") as log:
@@ -121,7 +130,7 @@ def vllm_server(
         try:
             print(f"[vigos] started `{' '.join(cmd)}` (pid {proc.pid}, log {log_path})", flush=True)
             base = f"http://127.0.0.1:{port}"
-            wait_healthy(base, proc, timeout_s, log_path)
+            wait_healthy(base, proc, timeout_s, log_path, name)
             yield f"{base}/v1"
         finally:
             stop(proc, grace_s)
