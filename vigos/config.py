@@ -219,7 +219,8 @@ class EvalConfig:
     `chat_template` (`transformers serve`: a request-side chat template that leaves the assistant turn open, and a
     `generation_config`), or `auto` (the first whose probe prompt has exactly the engine's prompt length)."""
     concurrency: int = 64
-    """Server backends: requests in flight at once (each one sample)."""
+    """Server backends: requests in flight at once (each one sample); for `vllm`, per engine replica (8 GPUs: 512),
+    since each replica batches its own requests continuously and idles when starved."""
     request_retries: int = 5
     """Server backends: retries of one request on HTTP 429/5xx, time-outs and lost connections, with jittered
     exponential back-off or the server's Retry-After; a request still failing is recorded as an error row."""

@@ -369,10 +369,12 @@ class _Model:
         from vigos.generation.openai import OpenAIEngine
 
         ev = self.cfg.eval
+        concurrency = ev.concurrency
         if ev.backend == "vllm":
-            from vigos.generation.vllm_server import SERVED_MODEL_NAME, vllm_server
+            from vigos.generation.vllm_server import SERVED_MODEL_NAME, visible_gpus, vllm_server
             from vigos.modeling.load import resolve_model_source
 
+            concurrency *= max(1, ev.vllm_data_parallel_size or visible_gpus())  # per replica: keep each one fed
             base_url = self._stack.enter_context(vllm_server(
                 str(resolve_model_source(self.model_dir)), data_parallel_size=ev.vllm_data_parallel_size,
                 log_path=self.out / "vllm.log", timeout_s=ev.vllm_start_timeout_s, extra_args=ev.vllm_args))
@@ -383,7 +385,7 @@ class _Model:
                                  "(or --set eval.base_url=...)")
             base_url, model, key = ev.base_url, ev.server_model or self.model_dir, os.environ.get(ev.api_key_env)
         return OpenAIEngine(base_url, model, self.get_processor(), api_key=key, prefill=ev.prefill,
-                            concurrency=ev.concurrency, max_retries=ev.request_retries, timeout_s=ev.request_timeout_s)
+                            concurrency=concurrency, max_retries=ev.request_retries, timeout_s=ev.request_timeout_s)
 
 
 def _prompt_cost(item: EvalItem, max_pixels: int) -> int:
