@@ -43,6 +43,7 @@ from vigos.generation.engine import HFEngine  # noqa: E402
 from vigos.generation.types import GenerationRequest, SamplingParams  # noqa: E402
 from vigos.modeling.lora import apply_lora  # noqa: E402
 from vigos.training import teachers as T  # noqa: E402
+from vigos.training.memory import choose_checkpointing, enable_checkpointing, probe_peak_bytes  # noqa: E402
 from vigos.training.objective import combine, segment_kl_terms  # noqa: E402
 from vigos.training.segments import parse_completion  # noqa: E402
 
@@ -93,9 +94,9 @@ def build(args, device, dtype):
         cfg.model.name_or_path = str(path)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
         processor = load_processor(cfg.model)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, cfg.lora)
+    if args.gradient_checkpointing in (True, "true"):  # "auto" is resolved by the lever comparison (`levers`)
+        enable_checkpointing(model)
     return cfg, model, processor
 
 
@@ -193,6 +194,113 @@ def fwd_bwd(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
               f"peak {row_out['peak_gib'] or 0:.1f} GiB, MFU {100 * (row_out['mfu'] or 0):.1f}% "
               f"(teacher fwd + student fwd/bwd)", flush=True)
     out["speedup"] = out["ours"]["tokens_per_s"] / out["naive"]["tokens_per_s"]
+    return out
+
+# ------------------------------------------------------------------------------------- MFU levers (--levers)
+
+LEVERS = {  # name: (pack, gradient checkpointing, fused kernels); "today" is the trainer's path before the levers
+    "today (padded, checkpointing, no fused kernels)": (False, "true", "none"),
+    "packed": (True, "true", "none"),
+    "checkpointing auto": (False, "auto", "none"),
+    "liger kernels": (False, "true", "liger"),
+    "all levers": (True, "auto", "auto"),  # liger where it can run (CUDA + installed), else without it
+}
+
+
+def _lever_rows(args, processor, vocab: int) -> tuple[list[str], list[Any], list[list[int]]]:
+    """`--lever-rows` student rows (context + image + random completion ids) whose completions' lengths spread
+    evenly over `--lever-lengths MIN,MAX`: rows of different lengths, so padding costs what it does in a real
+    micro-batch."""
+    lo, hi = (int(x) for x in args.lever_lengths.split(","))
+    n = args.lever_rows
+    contexts, images, tails = [], [], []
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        row = Row(i, args.image_size + 28 * (i % 3))
+        length = lo + (hi - lo) * i // max(1, n - 1)
+        tails.append(torch.randint(0, min(vocab, 150000), (length,), generator=gen).tolist())
+        contexts.append(T.context_text(processor, "student", row.problem, row.answer))
+        images.append(row.image)
+    return contexts, images, tails
+
+
+def _set_checkpointing(model, on: bool) -> None:
+    base = model.get_base_model()
+    if on:
+        enable_checkpointing(model)
+    else:
+        base.gradient_checkpointing_disable()
+
+
+def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
+    """Today's path, each lever alone and all together, side by side on the same rows: the teacher forward (adapter
+    off, no grad) + the student forward/backward with the chunked KL over every completion token. tokens/s counts
+    real tokens only (padding is the waste packing removes); MFU = 6 N_lm tokens/s / peak."""
+    from vigos.modeling.kernels import apply_liger, resolve_fused_kernels
+    from vigos.training.losses import chunked_clipped_token_kl
+
+    weight = T.lm_parts(model)[1]
+    contexts, images, tails = _lever_rows(args, processor, weight.shape[0])
+    width = max(len(t) for t in tails)
+    completion = torch.tensor([[j < len(t) for j in range(width)] for t in tails], device=device)
+    lm_n, peak = _lm_params(model), _peak(device)
+    can_liger = resolve_fused_kernels("auto", device.type)[0] == "liger"
+    out: dict[str, Any] = {"rows": [len(t) for t in tails], "lm_params": lm_n}
+    order = sorted(LEVERS, key=lambda k: LEVERS[k][2] != "none")  # liger patches the model for good: last
+    for name in order:
+        pack, checkpointing, kernels = LEVERS[name]
+        if kernels == "auto":
+            kernels = "liger" if can_liger else "none"
+        if kernels == "liger" and not can_liger:
+            out[name] = {"skipped": resolve_fused_kernels("auto", device.type)[1]}
+            print(f"{name:48s} skipped: {out[name]['skipped']}", flush=True)
+            continue
+        if kernels == "liger" and not out.get("liger_applied"):
+            apply_liger(model.get_base_model())
+            out["liger_applied"] = True
+        batch = T.build_sequences(processor, contexts, images, tails, [0] * len(tails), dtype=dtype,
+                                  pack=pack).to(device)
+        n_tokens = int(batch.input_ids.numel() if pack else batch.attention_mask.sum())
+        if checkpointing == "auto":
+            probe = probe_peak_bytes(model, device, n_tokens, cfg.train.kl_chunk_size) if device.type == "cuda" else None
+            total = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None
+            choice = choose_checkpointing("auto", device.type, tokens=n_tokens, peak_bytes=probe, total_bytes=total)
+        else:
+            choice = choose_checkpointing(checkpointing == "true", device.type)
+        _set_checkpointing(model, choice.enabled)
+        mask = batch.positions(completion)
+        for _ in range(1 + args.lever_repeats):  # the first is a warm-up
+            model.train()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            h_t = T.teacher_hidden_states(model, batch)
+            h_s = T.hidden_states(model, batch)
+            loss = chunked_clipped_token_kl(h_t, h_s, weight, mask, clip=cfg.train.kl_token_clip,
+                                            chunk_size=cfg.train.kl_chunk_size).mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+        tps = n_tokens / seconds
+        out[name] = {"pack": pack, "gradient_checkpointing": choice.enabled, "checkpointing_why": choice.why,
+                     "fused_kernels": kernels, "tokens": n_tokens, "forward_positions": int(batch.input_ids.numel()),
+                     "seconds": seconds, "tokens_per_s": tps, "loss": loss.item(),
+                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                     "mfu": 6 * lm_n * tps / peak if peak else None}
+    base = out[next(iter(LEVERS))]["tokens_per_s"]
+    print(f"{'':48s} {'tokens/s':>9s} {'vs today':>8s} {'peak GiB':>8s} {'MFU':>6s}  checkpointing", flush=True)
+    for name in LEVERS:
+        r = out[name]
+        if "skipped" in r:
+            continue
+        r["ratio_vs_today"] = r["tokens_per_s"] / base
+        print(f"{name:48s} {r['tokens_per_s']:9,.0f} {r['ratio_vs_today']:7.2f}x {r['peak_gib'] or 0:8.1f} "
+              f"{100 * (r['mfu'] or 0):5.1f}%  {'on' if r['gradient_checkpointing'] else 'off'}", flush=True)
+    # values: a fresh adapter (lora_B = 0) makes the student equal the teacher here; packed == padded is a test
+    print(f"{len(tails)} rows of {out['rows']} completion tokens", flush=True)
     return out
 
 
@@ -317,8 +425,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vision-depth", type=int, default=32)
     parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes at tiny widths (CPU smoke test)")
     parser.add_argument("--skip-steps", action="store_true", help="only part 2")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                        help="recompute activations in backward (the trainer's default)")
+    parser.add_argument("--gradient-checkpointing", choices=("true", "false"), default="true",
+                        help="parts 1-2: recompute activations in backward (--levers compares true and auto itself)")
+    parser.add_argument("--levers", action="store_true",
+                        help="only the MFU levers side by side: today's path, packing, checkpointing auto, liger "
+                             "kernels, all together (teacher fwd + student fwd/bwd)")
+    parser.add_argument("--lever-rows", type=int, default=4, help="--levers: student rows")
+    parser.add_argument("--lever-lengths", default=None,
+                        help="--levers: MIN,MAX completion tokens per row, spread evenly (default 1000,4096 GPU; "
+                             "16,64 CPU)")
+    parser.add_argument("--lever-repeats", type=int, default=1, help="--levers: timed runs after the warm-up")
     parser.add_argument("--phases", action="store_true",
                         help="only the per-phase times benchmarks/full_run.py projects from (decode per batch "
                              "size, prefill, teacher, student, optimizer)")
@@ -339,6 +455,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seq_len = args.seq_len or (4096 if gpu else 512)
     args.decode_tokens = args.decode_tokens or (128 if gpu else 8)
     args.phase_tokens = args.phase_tokens or (1024 if gpu else 64)
+    args.lever_lengths = args.lever_lengths or ("1000,4096" if gpu else "16,64")
+    if args.levers:
+        args.gradient_checkpointing = "false"  # levers() sets it per path
     return args
 
 
@@ -354,11 +473,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"model": args.model, "device": name, "torch": torch.__version__,
                               "gradient_checkpointing": args.gradient_checkpointing,
                               "args": {k: v for k, v in vars(args).items() if k != "json"}}
-    if args.phases:
+    if args.levers:
+        result["levers"] = levers(args, cfg, model, processor, device, dtype)
+    elif args.phases:
         result["phases"] = phases(args, cfg, model, processor, device, dtype)
     elif not args.skip_steps:
         result["optimizer_steps"] = optimizer_steps(args, cfg, model, processor, device, dtype)
-    if not args.phases:
+    if not (args.phases or args.levers):
         result["fwd_bwd"] = fwd_bwd(args, cfg, model, processor, device, dtype)
         print(f"student fwd+bwd, ours vs naive: {result['fwd_bwd']['speedup']:.2f}x tokens/s", flush=True)
     if args.json:

@@ -106,7 +106,19 @@ class TrainConfig:
     max_grad_norm: float = 0.1
     bf16: bool = True
     zero_stage: int = 2
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute activations in the backward: true, false, or `auto`: on CUDA, off when one probe student
+    forward+backward at the run's longest sequence fits the card's memory with a margin (`vigos.training.memory`),
+    on otherwise; on CPU off (host memory is not the limit the recompute buys back). The decision and its numbers
+    are logged (`[vigos]` line, run params)."""
+    pack_sequences: bool = True
+    """Pack each forward's rows (the student's, each teacher role's) into one sequence without padding; every row
+    keeps its own mRoPE positions and attends only within itself (flash-attention varlen with
+    `model.attn_implementation=flash_attention_2`, a block-diagonal causal mask with sdpa/eager). Same values as
+    the padded forward (tests/training/test_packing.py)."""
+    fused_kernels: Literal["auto", "liger", "none"] = "auto"
+    """Fused Triton kernels for the language model: `liger` (liger-kernel's RMSNorm, SwiGLU and rotary; needs the
+    `gpu` extra and CUDA), `none`, or `auto` (liger when installed and on CUDA, else none)."""
     seed: int = 42
     max_prompt_length: int = 32768
     max_completion_length: int = 4096
@@ -575,7 +587,11 @@ def _coerce(value: Any, tp: Any, where: str, origin: str) -> Any:
                 return _coerce(value, arg, where, origin)
             except ConfigError as e:
                 errors.append(str(e))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{origin}: bad value {value!r} for {where!r}")
+        if len(errors) == 1:
+            raise errors[0]
+        # e.g. `bool | Literal["auto"]`: "expects true/false or must be one of ['auto'], got 'maybe'"
+        wants = [e.split(f"{where!r} ", 1)[-1].rsplit(", got ", 1)[0] for e in errors]
+        raise ConfigError(f"{origin}: {where!r} {' or '.join(wants)}, got {value!r}")
     if origin_tp is Literal:
         choices = get_args(tp)
         if value not in choices:

@@ -137,7 +137,7 @@ def _teacher_log_likelihoods(model_dir, rows) -> dict[str, float]:
     with torch.no_grad():
         for role, (batch, mask, batch_rows) in batches.items():
             hidden = T.hidden_states(model, batch)
-            logits = hidden[T.positions(mask, batch.offset, hidden.shape[1])] @ model.lm_head.weight.T
+            logits = hidden[batch.positions(mask)] @ model.lm_head.weight.T
             labels = ids[batch_rows][mask]  # both in row-major order of the mask
             out[role] = torch.log_softmax(logits.float(), -1).gather(1, labels[:, None]).mean().item()
     return out

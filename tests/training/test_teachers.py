@@ -3,8 +3,8 @@ exactly as their prefill + the student's own text, on the real Qwen vocabulary.
 
 (a) `build_sequences` (right-padded rows, each its own non-square image) gives the hidden states of a forward
     that gets every processor output; (b) the student's log-probabilities of its own sampled tokens from the
-    training forward equal the generation engine's at sampling; (c) token edges: for every role, both values of
-    `reasoning_teacher_sees_description`, and tag / newline / CRLF / punctuation / empty-segment variants, the
+    training forward, padded or packed, equal the generation engine's at sampling; (c) token edges: for every role,
+    both values of `reasoning_teacher_sees_description`, and tag / newline / CRLF / punctuation / empty-segment variants, the
     teacher's sequence decodes to its context + the student's text, and the scored positions predict exactly the
     tokens the student generated in that segment.
 """
@@ -105,16 +105,19 @@ def test_student_logprobs_match_the_sampler(tiny_model_dir, processor, images):
                               params, logprobs=True)
     assert all(r.logprobs is not None and len(r.logprobs) == r.num_tokens for r in results)
 
-    batch = T.build_sequences(processor, prompts, images, [r.token_ids for r in results], [0, 0, 0])
     weight = T.lm_parts(model)[1]
-    with torch.no_grad():
-        h = T.hidden_states(model, batch)
-    for i, r in enumerate(results):
-        pos = batch.offset[i] + torch.arange(r.num_tokens)
-        logp = torch.log_softmax(h[i, pos].float() @ weight.float().T, dim=-1)
-        trained = logp.gather(1, torch.tensor(r.token_ids)[:, None])[:, 0]
-        diff = (trained - torch.tensor(r.logprobs)).abs().max().item()
-        assert diff < 1e-4, f"row {i}: max |logprob difference| {diff:.2e}"
+    sampled = torch.cat([torch.tensor(r.logprobs) for r in results])
+    tokens = torch.cat([torch.tensor(r.token_ids) for r in results])
+    width = max(r.num_tokens for r in results)
+    completion = torch.tensor([[j < r.num_tokens for j in range(width)] for r in results])
+    for pack in (False, True):  # right-padded rows, and the rows packed into one sequence (train.pack_sequences)
+        batch = T.build_sequences(processor, prompts, images, [r.token_ids for r in results], [0, 0, 0], pack=pack)
+        with torch.no_grad():
+            h = T.hidden_states(model, batch)
+        logp = torch.log_softmax(h[batch.positions(completion)].float() @ weight.float().T, dim=-1)
+        trained = logp.gather(1, tokens[:, None])[:, 0]
+        diff = (trained - sampled).abs().max().item()
+        assert diff < 1e-4, f"pack={pack}: max |logprob difference| {diff:.2e}"
 
 
 # ------------------------------------------------------------------------------------------- token edges
@@ -166,7 +169,8 @@ def test_teacher_sequences_read_as_prefill_plus_student_text(processor, sees_des
 
     cfg = load_config("tiny", overrides=[f"train.reasoning_teacher_sees_description={sees_description}"])
     masks = build_segment_masks(parsed)
-    batches = teacher_batches(processor, cfg.train, examples, parsed, masks)
+    # padded rows are read one by one here; test_packing.py checks that packed rows compute the same
+    batches = teacher_batches(processor, cfg.train, examples, parsed, masks, pack=False)
     assert set(batches) == {"perception", "reasoning", "reference"}
     segment_mask = {"perception": masks.description, "reasoning": masks.reasoning, "reference": masks.reference}
     for role, (batch, comp_mask, rows) in batches.items():

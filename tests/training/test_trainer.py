@@ -186,7 +186,6 @@ def test_reference_teacher_only_for_invalid_rollouts(tiny_model_dir, prepared, t
 @pytest.mark.parametrize("sees_description", [False, True])
 def test_reasoning_teacher_alignment(tiny_model_dir, prepared, tmp_path, sees_description):
     """Each teacher position scores exactly the student token it is aligned with."""
-    from vigos.training import teachers as T
     from vigos.training.segments import build_segment_masks, parse_completion
 
     cfg = tiny_cfg(tiny_model_dir, f"train.reasoning_teacher_sees_description={str(sees_description).lower()}")
@@ -197,7 +196,7 @@ def test_reasoning_teacher_alignment(tiny_model_dir, prepared, tmp_path, sees_de
     parsed = [parse_completion(trainer.processor, ids, eos_token_ids=trainer.eos_ids)]
     masks = build_segment_masks(parsed)
     batch, comp_mask, _ = teacher_batches(trainer.processor, trainer.t, ex, parsed, masks)["reasoning"]
-    pos = T.positions(comp_mask, batch.offset, batch.input_ids.shape[1])
+    pos = batch.positions(comp_mask)
     # the token at position p+1 is the student token that position p predicts
     scored = batch.input_ids[0][1:][pos[0][:-1]].tolist()
     r0, r1 = parsed[0].reasoning_tokens

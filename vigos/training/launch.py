@@ -110,6 +110,9 @@ class _Prefixed:
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.tracker.log_artifact(path, artifact_path)
 
+    def log_params(self, params: dict) -> None:  # already `train.`-prefixed
+        self.tracker.log_params(params)
+
 
 @app.command()
 def train(

@@ -25,13 +25,15 @@ SEGMENTS = ("perception", "reasoning", "reference")
 
 def teacher_batches(
     processor: Any, t: TrainConfig, examples: Sequence[Any], parsed: Sequence[ParsedCompletion],
-    masks: SegmentMasks, dtype: torch.dtype | None = None,
+    masks: SegmentMasks, dtype: torch.dtype | None = None, pack: bool | None = None,
 ) -> dict[str, tuple[T.SequenceBatch, torch.Tensor, list[int]]]:
     """role -> (its SequenceBatch, the completion mask of its rows, those row indices).
 
     Rows a teacher does not score are left out of its forward; a teacher with no rows is skipped entirely (e.g.
     no invalid rollout in the micro-batch: no reference forward). `examples` need `.problem`, `.answer`, `.image`.
+    `pack` (default `t.pack_sequences`): each role's rows packed into one sequence.
     """
+    pack = t.pack_sequences if pack is None else pack
     if t.method == "opsd":
         plan = {"reference": (list(range(len(parsed))), masks.completion)}
     else:
@@ -50,7 +52,8 @@ def teacher_batches(
             contexts.append(T.context_text(processor, role, ex.problem, ex.answer, prefill=prefill))
             tails.append(p.token_ids[s0:end])
             starts.append(s0)
-        batch = T.build_sequences(processor, contexts, [examples[i].image for i in rows], tails, starts, dtype=dtype)
+        batch = T.build_sequences(processor, contexts, [examples[i].image for i in rows], tails, starts, dtype=dtype,
+                                  pack=pack)
         out[role] = (batch, mask[rows], rows)
     return out
 
@@ -64,6 +67,7 @@ def segment_kl_terms(
     KL of every scored token, computed from hidden states chunk by chunk (no [tokens, vocab] logits).
 
     Directions: perception / reasoning / OPSD: KL(teacher || student); reference: KL(student || teacher).
+    `t.pack_sequences`: each forward's rows packed into one sequence (same values, no padding computed).
     `timings` (optional) accumulates seconds under "teachers" and "student".
     """
     timings = timings if timings is not None else {}
@@ -82,14 +86,14 @@ def segment_kl_terms(
 
     t0 = time.perf_counter()
     student = T.build_sequences(processor, prompts, [ex.image for ex in examples], [p.token_ids for p in parsed],
-                                [0] * len(examples), dtype=dtype).to(device)
+                                [0] * len(examples), dtype=dtype, pack=t.pack_sequences).to(device)
     h_student = T.hidden_states(model, student)
     for role, (batch, comp_mask, rows) in batches.items():
         full_mask = torch.zeros_like(masks.completion)
         full_mask[rows] = comp_mask
-        student_pos = T.positions(full_mask, student.offset, h_student.shape[1])
+        student_pos = student.positions(full_mask)
         h_t = teacher_hidden[role]
-        teacher_pos = T.positions(comp_mask, batch.offset.to(device), h_t.shape[1])
+        teacher_pos = batch.positions(comp_mask.to(device))
         reverse = role == "reference" and t.method == "vigos"  # the fallback teacher: KL(student || reference)
         source, target = (h_student, h_t) if reverse else (h_t, h_student)
         source_pos, target_pos = (student_pos, teacher_pos) if reverse else (teacher_pos, student_pos)

@@ -111,32 +111,47 @@ def segment_tail(role: str, parsed: Any, sees_description: bool = False) -> tupl
 
 @dataclass
 class SequenceBatch:
-    """Right-padded sequences (context + appended completion tokens) ready for the model.
+    """Sequences (context + appended completion tokens) ready for the model: right-padded rows `[B, L]`, or, when
+    `cu_seqlens` is set, the rows packed into one sequence `[1, N]` without padding (`build_sequences(pack=True)`).
 
     `mm_token_type_ids` (0 text, 1 image) is the processor's, zero over appended tokens and padding: with it (and
     `image_grid_thw`) Qwen2.5-VL computes the same multimodal rotary (mRoPE) positions as at sampling; without
     it the model silently falls back to 1-D positions (text after a 1,296-token image at 1,617 instead of 357).
+
+    Packed, every row keeps the positions it has alone (`packed_position_ids`: the model's own `get_rope_index`
+    per row, concatenated) and attends only within itself: the position ids carry a leading text-position row
+    that restarts at 0 with each row, from which transformers builds a block-diagonal causal mask (sdpa, eager)
+    or the cu_seqlens of flash-attention's varlen kernel (flash_attention_2).
     """
 
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
+    input_ids: torch.Tensor  # [B, L] padded; [1, N] packed
+    attention_mask: torch.Tensor | None  # [B, L] padded; None packed (rows are told apart by their positions)
     pixel_values: torch.Tensor  # all rows' image patches, in row order
-    image_grid_thw: torch.Tensor  # [B, 3]
-    mm_token_type_ids: torch.Tensor  # [B, L]
-    offset: torch.Tensor  # [B]: position whose hidden state predicts completion token 0
+    image_grid_thw: torch.Tensor  # [B, 3]: one image per row
+    mm_token_type_ids: torch.Tensor  # like input_ids
+    offset: torch.Tensor  # [B]: position in its row whose hidden state predicts completion token 0
+    cu_seqlens: torch.Tensor | None = None  # [B + 1] packed: row i is [cu_seqlens[i], cu_seqlens[i + 1])
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "pixel_values": self.pixel_values,
-            "image_grid_thw": self.image_grid_thw,
-            "mm_token_type_ids": self.mm_token_type_ids,
-        }
+        """The padded batch's model inputs (a packed one also needs `packed_position_ids`: see `hidden_states`)."""
+        inputs = {"input_ids": self.input_ids, "pixel_values": self.pixel_values,
+                  "image_grid_thw": self.image_grid_thw, "mm_token_type_ids": self.mm_token_type_ids}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        return inputs
+
+    def positions(self, completion_mask: torch.Tensor) -> torch.Tensor:
+        """The sequence positions whose hidden states predict the True completion tokens (see `positions`)."""
+        return positions(completion_mask, self.offset, self.input_ids.shape[1], self.cu_seqlens)
 
     def to(self, device) -> SequenceBatch:
-        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.pixel_values,
-                                                       self.image_grid_thw, self.mm_token_type_ids, self.offset)))
+        return SequenceBatch(*(None if t is None else t.to(device) for t in (
+            self.input_ids, self.attention_mask, self.pixel_values, self.image_grid_thw, self.mm_token_type_ids,
+            self.offset, self.cu_seqlens)))
 
 
 def build_sequences(
@@ -146,8 +161,10 @@ def build_sequences(
     appended: Sequence[Sequence[int]],
     start_index: Sequence[int],
     dtype: torch.dtype | None = None,
+    pack: bool = False,
 ) -> SequenceBatch:
-    """Tokenise each context with its image, append the given completion tokens (ids), right-pad into a batch.
+    """Tokenise each context with its image, append the given completion tokens (ids), right-pad into a batch
+    (`pack`: concatenate the rows into one sequence instead, see `SequenceBatch`).
 
     `start_index[i]` is the completion index of `appended[i][0]` (0 for the student and the perception and
     reference teachers; the first reasoning token for the reasoning teacher).
@@ -161,6 +178,14 @@ def build_sequences(
         types.append(enc["mm_token_type_ids"][0].tolist() + [0] * len(tail))
         pixels.append(enc["pixel_values"])
         grids.append(enc["image_grid_thw"])
+    pixel_values = torch.cat(pixels)
+    if dtype is not None:
+        pixel_values = pixel_values.to(dtype)
+    if pack:
+        cu_seqlens = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+        return SequenceBatch(torch.tensor([[t for r in rows for t in r]], dtype=torch.long), None, pixel_values,
+                             torch.cat(grids), torch.tensor([[t for ty in types for t in ty]], dtype=torch.long),
+                             torch.tensor(offsets), cu_seqlens)
     pad_id = processor.tokenizer.pad_token_id
     length = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
@@ -170,26 +195,34 @@ def build_sequences(
         input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, : len(r)] = 1
         mm_token_type_ids[i, : len(ty)] = torch.tensor(ty, dtype=torch.long)
-    pixel_values = torch.cat(pixels)
-    if dtype is not None:
-        pixel_values = pixel_values.to(dtype)
     return SequenceBatch(input_ids, attention_mask, pixel_values, torch.cat(grids), mm_token_type_ids,
                          torch.tensor(offsets))
 
 
-def positions(completion_mask: torch.Tensor, offset: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Map a completion-token mask [B, T] onto sequence positions [B, seq_len] (see the module docstring).
+def positions(
+    completion_mask: torch.Tensor, offset: torch.Tensor, seq_len: int, cu_seqlens: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Map a completion-token mask [B, T] onto sequence positions: [B, seq_len] for right-padded rows, [1, seq_len]
+    for rows packed at `cu_seqlens` (see the module docstring and `SequenceBatch`).
 
-    Row-major order of the True entries is preserved, so the student's and a teacher's position masks built
-    from the same completion mask select matching (row, token) pairs in the same order.
+    Row-major order of the True entries is preserved (packed rows follow each other), so the student's and a
+    teacher's position masks built from the same completion mask select matching (row, token) pairs in the same
+    order, padded or packed.
     """
-    b, t = completion_mask.shape
-    out = torch.zeros((b, seq_len), dtype=torch.bool, device=completion_mask.device)
+    device = completion_mask.device
     rows, cols = completion_mask.nonzero(as_tuple=True)
-    pos = offset.to(completion_mask.device)[rows] + cols
-    if len(pos) and (pos.min() < 0 or pos.max() >= seq_len):
+    pos = offset.to(device)[rows] + cols
+    if cu_seqlens is None:
+        start, end = torch.zeros_like(pos), torch.full_like(pos, seq_len)
+    else:
+        cu = cu_seqlens.to(device)
+        start, end = cu[rows], cu[rows + 1]
+        pos = pos + start
+    if len(pos) and ((pos < start) | (pos >= end)).any():
         raise ValueError("a scored completion token falls outside its sequence (were its tokens appended?)")
-    out[rows, pos] = True
+    out = torch.zeros((completion_mask.shape[0] if cu_seqlens is None else 1, seq_len), dtype=torch.bool,
+                      device=device)
+    out[torch.zeros_like(rows) if cu_seqlens is not None else rows, pos] = True
     return out
 
 
@@ -199,10 +232,27 @@ def lm_parts(model: Any) -> tuple[Any, torch.Tensor]:
     return base.model, base.lm_head.weight
 
 
+def packed_position_ids(backbone: Any, batch: SequenceBatch) -> torch.Tensor:
+    """[4, 1, N] position ids of a packed batch: a text-position row restarting at 0 with every row (what
+    transformers reads the rows' boundaries from), then each row's mRoPE positions exactly as the model computes
+    them for that row alone (`get_rope_index`, the function its padded forward calls)."""
+    parts = []
+    for i, (start, end) in enumerate(zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist(), strict=True)):
+        mrope, _ = backbone.get_rope_index(batch.input_ids[:, start:end], batch.mm_token_type_ids[:, start:end],
+                                           image_grid_thw=batch.image_grid_thw[i: i + 1])
+        text = torch.arange(end - start, device=mrope.device, dtype=mrope.dtype).view(1, 1, -1)
+        parts.append(torch.cat([text, mrope]))
+    return torch.cat(parts, dim=2)
+
+
 def hidden_states(model: Any, batch: SequenceBatch) -> torch.Tensor:
-    """Final hidden states [B, L, H] (after the final norm): the lm_head is applied chunk by chunk in the loss."""
+    """Final hidden states [B, L, H] ([1, N, H] packed), after the final norm: the lm_head is applied chunk by
+    chunk in the loss."""
     backbone, _ = lm_parts(model)
-    out = backbone(**batch.model_inputs(), use_cache=False)
+    inputs = batch.model_inputs()
+    if batch.packed:
+        inputs["position_ids"] = packed_position_ids(backbone, batch)
+    out = backbone(**inputs, use_cache=False)
     return out.last_hidden_state
 
 

@@ -50,12 +50,17 @@ class MetricsLogger(Protocol):
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None: ...
 
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
 
 class NullLogger:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
         pass
 
 
@@ -235,15 +240,24 @@ class ViGOSTrainer:
         from transformers import get_scheduler
 
         from vigos.generation import HFEngine
+        from vigos.modeling.kernels import use_fused_kernels
         from vigos.modeling.load import load_model, load_processor
         from vigos.modeling.lora import apply_lora
+        from vigos.training.memory import enable_checkpointing, resolve_checkpointing
 
         _seed_everything(self.t.seed)  # same LoRA init on every rank
         self.processor = load_processor(self.cfg.model, padding_side="left")
+        kernels, kernels_line = use_fused_kernels(self.t.fused_kernels, self.dist.device.type)  # before loading
         model = load_model(self.cfg.model, device=self.dist.device)
-        if self.t.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = apply_lora(model, self.cfg.lora)
+        # decided on the LoRA model before DeepSpeed (whose gradient hooks a probe backward would feed)
+        self.checkpointing = resolve_checkpointing(self.cfg, model, self.dist.device)
+        if self.checkpointing.enabled:
+            enable_checkpointing(model)
+        if self.dist.is_main:
+            print(kernels_line, flush=True)
+            print(self.checkpointing.log_line(), flush=True)
+            self.logger.log_params({"train.fused_kernels_used": kernels, **self.checkpointing.params()})
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params, lr=self.t.learning_rate, weight_decay=self.t.weight_decay,
