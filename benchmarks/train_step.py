@@ -43,7 +43,7 @@ from vigos.generation.engine import HFEngine  # noqa: E402
 from vigos.generation.types import GenerationRequest, SamplingParams  # noqa: E402
 from vigos.modeling.lora import apply_lora  # noqa: E402
 from vigos.training import teachers as T  # noqa: E402
-from vigos.training.memory import choose_checkpointing, enable_checkpointing, probe_peak_bytes  # noqa: E402
+from vigos.training.memory import CheckpointSwitch, choose_checkpointing, resolve_checkpointing  # noqa: E402
 from vigos.training.objective import combine, segment_kl_terms  # noqa: E402
 from vigos.training.segments import parse_completion  # noqa: E402
 
@@ -96,7 +96,7 @@ def build(args, device, dtype):
         processor = load_processor(cfg.model)
     model = apply_lora(model, cfg.lora)
     if args.gradient_checkpointing in (True, "true"):  # "auto" is resolved by the lever comparison (`levers`)
-        enable_checkpointing(model)
+        CheckpointSwitch(model)
     return cfg, model, processor
 
 
@@ -224,14 +224,6 @@ def _lever_rows(args, processor, vocab: int) -> tuple[list[str], list[Any], list
     return contexts, images, tails
 
 
-def _set_checkpointing(model, on: bool) -> None:
-    base = model.get_base_model()
-    if on:
-        enable_checkpointing(model)
-    else:
-        base.gradient_checkpointing_disable()
-
-
 def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     """Today's path, each lever alone and all together, side by side on the same rows: the teacher forward (adapter
     off, no grad) + the student forward/backward with the chunked KL over every completion token. tokens/s counts
@@ -245,7 +237,12 @@ def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     completion = torch.tensor([[j < len(t) for j in range(width)] for t in tails], device=device)
     lm_n, peak = _lm_params(model), _peak(device)
     can_liger = resolve_fused_kernels("auto", device.type)[0] == "liger"
-    out: dict[str, Any] = {"rows": [len(t) for t in tails], "lm_params": lm_n}
+    # `auto` as the trainer decides it: probed once (the run's longest sequence and half of it), then per forward
+    auto_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gradient_checkpointing="auto"))
+    auto = resolve_checkpointing(auto_cfg, model, device)
+    switch = CheckpointSwitch(model)
+    print(auto.log_line(), flush=True)
+    out: dict[str, Any] = {"rows": [len(t) for t in tails], "lm_params": lm_n, "checkpointing_auto": auto.params()}
     order = sorted(LEVERS, key=lambda k: LEVERS[k][2] != "none")  # liger patches the model for good: last
     for name in order:
         pack, checkpointing, kernels = LEVERS[name]
@@ -261,13 +258,9 @@ def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
         batch = T.build_sequences(processor, contexts, images, tails, [0] * len(tails), dtype=dtype,
                                   pack=pack).to(device)
         n_tokens = int(batch.input_ids.numel() if pack else batch.attention_mask.sum())
-        if checkpointing == "auto":
-            probe = probe_peak_bytes(model, device, n_tokens, cfg.train.kl_chunk_size) if device.type == "cuda" else None
-            total = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None
-            choice = choose_checkpointing("auto", device.type, tokens=n_tokens, peak_bytes=probe, total_bytes=total)
-        else:
-            choice = choose_checkpointing(checkpointing == "true", device.type)
-        _set_checkpointing(model, choice.enabled)
+        choice = auto if checkpointing == "auto" else choose_checkpointing(checkpointing == "true", device.type)
+        on = choice.checkpoint(int(batch.input_ids.numel()))  # the student forward's positions, as in the trainer
+        switch.set(on)
         mask = batch.positions(completion)
         for _ in range(1 + args.lever_repeats):  # the first is a warm-up
             model.train()
@@ -285,7 +278,7 @@ def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
             _sync(device)
             seconds = time.perf_counter() - t0
         tps = n_tokens / seconds
-        out[name] = {"pack": pack, "gradient_checkpointing": choice.enabled, "checkpointing_why": choice.why,
+        out[name] = {"pack": pack, "gradient_checkpointing": on, "checkpointing_why": choice.why,
                      "fused_kernels": kernels, "tokens": n_tokens, "forward_positions": int(batch.input_ids.numel()),
                      "seconds": seconds, "tokens_per_s": tps, "loss": loss.item(),
                      "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,

@@ -1,37 +1,102 @@
-"""`train.gradient_checkpointing: auto` (the pure decision, with synthetic numbers) and `train.fused_kernels`."""
+"""`train.gradient_checkpointing: auto` (the threshold arithmetic and probe lengths, with synthetic numbers) and
+`train.fused_kernels`. The trainer switching it per micro-step: tests/training/test_trainer.py."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vigos.config import ConfigError, load_config
 from vigos.errors import VigosError
 from vigos.modeling.kernels import resolve_fused_kernels
 from vigos.training.memory import GIB, OPTIMIZER_BYTES_PER_PARAM, choose_checkpointing, longest_student_tokens
 
+MIB = 2**20
 
-def test_auto_checkpoints_only_when_the_probe_does_not_fit():
-    card = 140 * GIB
-    fits = choose_checkpointing("auto", "cuda", tokens=20992, peak_bytes=100 * GIB, total_bytes=card)
-    assert not fits.enabled and "fits 85%" in fits.why
-    over = choose_checkpointing("auto", "cuda", tokens=20992, peak_bytes=120 * GIB, total_bytes=card)
-    assert over.enabled and "exceeds" in over.why  # 120 > 0.85 x 140 = 119
-    oom = choose_checkpointing("auto", "cuda", tokens=20992, peak_bytes=None, total_bytes=card)
-    assert oom.enabled and "ran out of memory" in oom.why
-    assert over.params() == {"train.gradient_checkpointing_on": True, "train.gradient_checkpointing_probe_tokens":
-                             20992, "train.gradient_checkpointing_probe_peak_gib": 120.0,
+
+def test_auto_threshold_from_two_probes():
+    card = 140 * GIB  # budget 0.85 x 140 = 119 GiB; 1 GiB optimizer state; 20 GiB fixed
+    # 4 MiB per token: the longest sequence (20,992) fits, the threshold lies above it
+    fits = choose_checkpointing("auto", "cuda", probes=[(20992, 20 * GIB + 20992 * 4 * MIB),
+                                                         (10496, 20 * GIB + 10496 * 4 * MIB)],
+                                optimizer_bytes=GIB, total_bytes=card)
+    assert fits.max_tokens_without_checkpointing == 98 * GIB // (4 * MIB) == 25088
+    assert not fits.checkpoint(20992) and fits.checkpoint(25089)
+    assert (fits.bytes_per_token, fits.fixed_bytes) == (4 * MIB, 20 * GIB)
+    # 8 MiB per token: the longest probe runs out of memory, the next two fit; the threshold lies between
+    over = choose_checkpointing("auto", "cuda", probes=[(20992, None), (10496, 20 * GIB + 10496 * 8 * MIB),
+                                                        (5248, 20 * GIB + 5248 * 8 * MIB)],
+                                optimizer_bytes=GIB, total_bytes=card)
+    assert over.max_tokens_without_checkpointing == 12544
+    assert [over.checkpoint(n) for n in (450, 12544, 12545)] == [False, False, True]
+    assert over.params() == {"train.gradient_checkpointing_max_tokens": 12544,
+                             "train.gradient_checkpointing_probe_tokens": "20992,10496,5248",
+                             "train.gradient_checkpointing_bytes_per_token": 8 * MIB,
+                             "train.gradient_checkpointing_fixed_gib": 20.0,
                              "train.gradient_checkpointing_card_gib": 140.0}
-    assert over.log_line().startswith("[vigos] gradient checkpointing on (train.gradient_checkpointing=auto): probe")
+    line = over.log_line()
+    assert line.startswith("[vigos] gradient checkpointing on above 12,544 student tokens (train.gradient_"
+                           "checkpointing=auto): probes at 10,496 and 5,248 student tokens")
+    assert "8.00 MiB per token + 20.0 GiB fixed, + 1.0 GiB optimizer state" in line
+    # fixed costs alone over the budget, or no probe that fits: every micro-step checkpoints
+    heavy = choose_checkpointing("auto", "cuda", probes=[(2048, 130 * GIB), (1024, 125 * GIB)], total_bytes=card)
+    assert heavy.max_tokens_without_checkpointing == 0 and heavy.checkpoint(1)
+    oom = choose_checkpointing("auto", "cuda", probes=[(20992, None), (10496, None), (5248, None), (2624, None),
+                                                       (1312, None)], total_bytes=card)
+    assert oom.max_tokens_without_checkpointing == 0 and "ran out of memory at 1,312 student tokens" in oom.why
+
+
+def test_auto_probes_halve_on_out_of_memory(monkeypatch):
+    """resolve_checkpointing's probe lengths: the longest sequence, halved while it runs out, then half the one
+    that fits (the probe itself is CUDA-only: replaced by a synthetic card that runs out above 6,000 tokens)."""
+    from vigos.training import memory
+
+    tried = []
+
+    def probe(model, device, tokens, chunk_size):
+        tried.append(tokens)
+        return None if tokens > 6000 else 20 * GIB + tokens * 8 * MIB
+
+    monkeypatch.setattr(memory, "probe_peak_bytes", probe)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (0, 140 * GIB))
+    model = torch.nn.Linear(1024, 64)  # 65,600 trainable parameters: their optimizer state is counted
+    choice = memory.resolve_checkpointing(load_config("paper-7b"), model, torch.device("cuda"))
+    assert tried == [20992, 10496, 5248, 2624] and choice.probe_tokens == tuple(tried)
+    assert choice.optimizer_bytes == 16 * 65600
+    assert choice.max_tokens_without_checkpointing == int((0.85 * 140 * GIB - 16 * 65600 - 20 * GIB) // (8 * MIB))
 
 
 def test_auto_is_off_on_cpu_and_explicit_values_win():
     cpu = choose_checkpointing("auto", "cpu")
-    assert not cpu.enabled and cpu.peak_bytes is None and "cpu" in cpu.why
-    assert choose_checkpointing(True, "cpu").enabled
-    assert not choose_checkpointing(False, "cuda").enabled  # no probe needed
+    assert not cpu.may_checkpoint and not cpu.checkpoint(10**9) and "cpu" in cpu.why
+    always = choose_checkpointing(True, "cpu")
+    assert always.may_checkpoint and always.checkpoint(1)
+    assert not choose_checkpointing(False, "cuda").checkpoint(10**9)  # no probe needed
+    assert choose_checkpointing(True, "cpu").log_line() == "[vigos] gradient checkpointing on " \
+                                                          "(train.gradient_checkpointing=true): as configured"
     with pytest.raises(ValueError, match="true, false or auto"):
         choose_checkpointing("sometimes", "cuda")
     assert OPTIMIZER_BYTES_PER_PARAM == 16
+
+
+def test_the_rollout_cache_is_freed_after_generate(tiny_model, tiny_processor, red_image):
+    """The memory model counts no resident KV cache because transformers builds a fresh static cache per `generate`
+    call and keeps none on the model. If this fails (an engine or transformers keeps its cache between calls), the
+    cache's bytes (layers x 2 x kv heads x head dim x dtype bytes x rows x cache length) belong in
+    `vigos.training.memory`'s fixed costs."""
+    import gc
+
+    from transformers.cache_utils import StaticCache
+
+    from vigos.generation import GenerationRequest, HFEngine, SamplingParams
+
+    engine = HFEngine(tiny_model, tiny_processor, batch_size=2, cache_implementation="static")
+    prompt = "<|vision_start|><|image_pad|><|vision_end|>What color is it?"
+    engine.generate([GenerationRequest(prompt, [red_image], 1)],
+                    SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4))
+    assert engine.cache_len > 0  # the static cache was used
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is StaticCache]  # type(): no deprecated-proxy warnings
 
 
 def test_config_values_and_the_probe_length():

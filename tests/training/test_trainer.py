@@ -286,6 +286,46 @@ def test_bad_image_mid_training_is_skipped(tiny_model_dir, prepared, tmp_path):
     assert result.history[0]["skipped_rows"] == 1
 
 
+def test_checkpointing_switches_per_micro_step_and_changes_no_number(tiny_model_dir, prepared, tmp_path,
+                                                                     monkeypatch):
+    """`auto` checkpoints a micro-step only when its student forward is longer than the threshold: forced here (the
+    CPU resolves `auto` to off), a run with one micro-step of each kind per optimizer step must give the same
+    losses, gradient norms and weights as an all-off and an all-on run, and the metric must say how often."""
+    from vigos.training import memory
+
+    cfg = tiny_cfg(tiny_model_dir, "train.max_steps=2", "train.global_batch_size=2", "train.save_steps=100",
+                   "train.sample_log_steps=0")  # micro-batch 1, accumulation 2; lora dropout stays 0.05
+
+    def run(limit, name):
+        monkeypatch.setattr(memory, "resolve_checkpointing",
+                            lambda *a: memory.CheckpointingChoice("auto", limit, "forced by the test"))
+        trainer = make_trainer(cfg, prepared, tmp_path / name, texts=[VALID, INVALID])
+        seen, recomputed = [], []  # (student positions, checkpointed) per micro-step; layer recomputes
+        decide = trainer._checkpoint_for
+        monkeypatch.setattr(trainer, "_checkpoint_for", lambda n: seen.append((n, decide(n))) or seen[-1][1])
+        for m in trainer._switch.modules if trainer._switch else []:  # count the real checkpointed layer calls
+            real = m._gradient_checkpointing_func
+            m._gradient_checkpointing_func = lambda *a, real=real, **k: recomputed.append(1) or real(*a, **k)
+        history = trainer.train().history
+        return history, lora_state(trainer.model), seen, len(recomputed)
+
+    off = run(None, "off")
+    lengths = sorted({n for n, _ in off[2]})
+    assert len(off[2]) == 4 and len(lengths) > 1 and off[3] == 0  # VALID and INVALID rollouts: two lengths
+    assert all(h["loss"] > 0 and h["grad_norm"] > 0 for h in off[0])  # gradients to compare
+    on = run(0, "on")
+    mixed = run(lengths[0], "mixed")  # only the shortest forwards run without checkpointing
+    assert [c for _, c in on[2]] == [True] * 4 and [c for _, c in off[2]] == [False] * 4
+    assert [c for _, c in mixed[2]] == [n > lengths[0] for n, _ in mixed[2]]
+    assert 0 < mixed[3] < on[3]  # the switch really turned the layers' recompute on and off
+    for history, state, _, _ in (on, mixed):
+        assert [(h["loss"], h["grad_norm"]) for h in history] == [(h["loss"], h["grad_norm"]) for h in off[0]]
+        assert state.keys() == off[1].keys() and all(torch.equal(state[k], off[1][k]) for k in state)
+    fraction = [h["checkpointed_micro_step_fraction"] for h in mixed[0]]
+    assert fraction == [sum(c for _, c in mixed[2][2 * i : 2 * i + 2]) / 2 for i in range(2)] and 0 < sum(fraction)
+    assert [h["checkpointed_micro_step_fraction"] for h in on[0] + off[0]] == [1.0, 1.0, 0.0, 0.0]
+
+
 @pytest.fixture(scope="module")
 def peaky_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model with a 30x lm_head: a random tiny model is nearly uniform, so its KLs are ~1e-5 and float32

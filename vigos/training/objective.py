@@ -8,7 +8,7 @@ steps), so benchmarks and tests run exactly the trainer's computation with plain
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -61,14 +61,16 @@ def teacher_batches(
 def segment_kl_terms(
     model: Any, processor: Any, t: TrainConfig, examples: Sequence[Any], prompts: Sequence[str],
     parsed: Sequence[ParsedCompletion], device: torch.device, dtype: torch.dtype,
-    timings: dict[str, float] | None = None,
+    timings: dict[str, float] | None = None, before_student: Callable[[int], Any] | None = None,
 ) -> dict[str, KLTerms]:
     """Teacher forwards (adapter off, no grad), then the student forward (adapter on, with grad) and the clipped
     KL of every scored token, computed from hidden states chunk by chunk (no [tokens, vocab] logits).
 
     Directions: perception / reasoning / OPSD: KL(teacher || student); reference: KL(student || teacher).
     `t.pack_sequences`: each forward's rows packed into one sequence (same values, no padding computed).
-    `timings` (optional) accumulates seconds under "teachers" and "student".
+    `timings` (optional) accumulates seconds under "teachers" and "student". `before_student` (optional) is called
+    with the student forward's positions (its input_ids.numel(), packed or padded) right before that forward: the
+    trainer turns gradient checkpointing on or off there (`vigos.training.memory`).
     """
     timings = timings if timings is not None else {}
     terms: dict[str, KLTerms] = {}
@@ -87,6 +89,8 @@ def segment_kl_terms(
     t0 = time.perf_counter()
     student = T.build_sequences(processor, prompts, [ex.image for ex in examples], [p.token_ids for p in parsed],
                                 [0] * len(examples), dtype=dtype, pack=t.pack_sequences).to(device)
+    if before_student is not None:
+        before_student(student.input_ids.numel())
     h_student = T.hidden_states(model, student)
     for role, (batch, comp_mask, rows) in batches.items():
         full_mask = torch.zeros_like(masks.completion)

@@ -243,17 +243,17 @@ class ViGOSTrainer:
         from vigos.modeling.kernels import use_fused_kernels
         from vigos.modeling.load import load_model, load_processor
         from vigos.modeling.lora import apply_lora
-        from vigos.training.memory import enable_checkpointing, resolve_checkpointing
+        from vigos.training.memory import CheckpointSwitch, resolve_checkpointing
 
         _seed_everything(self.t.seed)  # same LoRA init on every rank
         self.processor = load_processor(self.cfg.model, padding_side="left")
         kernels, kernels_line = use_fused_kernels(self.t.fused_kernels, self.dist.device.type)  # before loading
         model = load_model(self.cfg.model, device=self.dist.device)
         model = apply_lora(model, self.cfg.lora)
-        # decided on the LoRA model before DeepSpeed (whose gradient hooks a probe backward would feed)
+        # decided on the LoRA model before DeepSpeed (whose gradient hooks a probe backward would feed); applied per
+        # micro-step from its student forward's length (`_checkpoint_for`)
         self.checkpointing = resolve_checkpointing(self.cfg, model, self.dist.device)
-        if self.checkpointing.enabled:
-            enable_checkpointing(model)
+        self._switch = CheckpointSwitch(model) if self.checkpointing.may_checkpoint else None
         if self.dist.is_main:
             print(kernels_line, flush=True)
             print(self.checkpointing.log_line(), flush=True)
@@ -395,6 +395,8 @@ class ViGOSTrainer:
             **{f"clipped_token_fraction_{k}": sums[f"clipped_{k}"] / max(sums[f"tokens_{k}"], 1) for k in SEGMENTS},
             **{f"{k}_seconds": v for k, v in timings.items()},
             "tokens_per_second": comp_tok / max(step_time, 1e-9) / self.dist.world_size,
+            # student forwards (over ranks and micro-steps) that recomputed their activations in the backward
+            "checkpointed_micro_step_fraction": sums["checkpointed"] / max(sums["student_forwards"], 1),
         }
         if self.dist.is_main and self.t.sample_log_steps > 0 and (step + 1) % self.t.sample_log_steps == 0:
             self._log_samples(step + 1, flat, parsed, correct_rows)
@@ -406,8 +408,9 @@ class ViGOSTrainer:
     ) -> dict[str, float]:
         t = self.t
         self.engine.train()
+        checkpointed: list[bool] = []  # one entry if this rank ran a student forward
         terms = segment_kl_terms(self.model, self.processor, t, examples, prompts, parsed, self.dist.device,
-                                 self.dtype, timings)
+                                 self.dtype, timings, lambda n: checkpointed.append(self._checkpoint_for(n)))
         t0 = time.perf_counter()
 
         # token means over the whole data-parallel micro-step: counts summed over ranks
@@ -426,7 +429,8 @@ class ViGOSTrainer:
 
         local = torch.tensor(
             [loss.item(), *[parts[k].item() for k in SEGMENTS],
-             *[float(terms[k].num_clipped) if k in terms else 0.0 for k in SEGMENTS]], dtype=torch.float64
+             *[float(terms[k].num_clipped) if k in terms else 0.0 for k in SEGMENTS],
+             float(sum(checkpointed)), float(len(checkpointed))], dtype=torch.float64
         )
         g = all_reduce_sum(local).tolist()
         # OPSD routes its one teacher through the "reference" slot with forward KL; report it as loss_reference
@@ -434,7 +438,15 @@ class ViGOSTrainer:
         for i, k in enumerate(SEGMENTS):
             out[f"clipped_{k}"] = g[4 + i]
             out[f"tokens_{k}"] = counts[i].item()
+        out["checkpointed"], out["student_forwards"] = g[7], g[8]
         return out
+
+    def _checkpoint_for(self, tokens: int) -> bool:
+        """Gradient checkpointing on or off for a student forward of `tokens` positions; returns which."""
+        on = self.checkpointing.checkpoint(tokens)
+        if self._switch is not None:
+            self._switch.set(on)
+        return on
 
     # ---------------------------------------------------------------------------------------------- I/O
 
