@@ -107,10 +107,11 @@ class TrainConfig:
     bf16: bool = True
     zero_stage: int = 2
     gradient_checkpointing: bool | Literal["auto"] = "auto"
-    """Recompute activations in the backward: true, false, or `auto`: on CUDA, off when one probe student
-    forward+backward at the run's longest sequence fits the card's memory with a margin (`vigos.training.memory`),
-    on otherwise; on CPU off (host memory is not the limit the recompute buys back). The decision and its numbers
-    are logged (`[vigos]` line, run params)."""
+    """Recompute activations in the backward: true, false, or `auto`: on CUDA, per micro-step, on only when its
+    student forward is longer than the most tokens that fit the card's memory with a margin, measured by two probes
+    before training (`vigos.training.memory`); on CPU off (host memory is not the limit the recompute buys back).
+    The threshold and its numbers are logged (`[vigos]` line, run params), the share of checkpointed micro-steps
+    per step (`train/checkpointed_micro_step_fraction`)."""
     pack_sequences: bool = True
     """Pack each forward's rows (the student's, each teacher role's) into one sequence without padding; every row
     keeps its own mRoPE positions and attends only within itself (flash-attention varlen with
