@@ -123,12 +123,14 @@ def choose_checkpointing(
     fixed = round(p1 - per_token * n1)
     budget = safety * total_bytes
     limit = max(0, int((budget - optimizer_bytes - fixed) // per_token))
+    oom = "".join(f", {n:,}: out of memory" for n, p in probes if p is None)
     return CheckpointingChoice(
         setting, limit,
-        f"probes at {n1:,} and {n2:,} student tokens without checkpointing peak at {p1 / GIB:.1f} and {p2 / GIB:.1f} "
-        f"GiB: {per_token / 2**20:.2f} MiB per token + {fixed / GIB:.1f} GiB fixed, + {optimizer_bytes / GIB:.1f} GiB "
-        f"optimizer state, within {safety:.0%} of {card} ({budget / GIB:.1f} GiB) up to {limit:,} tokens",
-        tokens, per_token, fixed, optimizer_bytes, total_bytes)
+        f"probes without checkpointing peak at {p1 / GIB:.1f} GiB ({n1:,} student tokens) and {p2 / GIB:.1f} GiB "
+        f"({n2:,}){oom}: {per_token / 2**20:.2f} MiB per token + {fixed / GIB:.1f} GiB fixed, + "
+        f"{optimizer_bytes / GIB:.1f} GiB optimizer state, within {safety:.0%} of {card} ({budget / GIB:.1f} GiB) up "
+        f"to {limit:,} tokens; the run's longest forward is {tokens[0]:,}", tokens, per_token, fixed, optimizer_bytes,
+        total_bytes)
 
 
 def longest_student_tokens(cfg: Any) -> int:
