@@ -26,6 +26,10 @@ Design (benchmarks/RESULTS.md measures why generation must be batched and use a 
   `prompt_bucket` with at least one pad column, so the 2-D attention mask is never dropped as all-ones (which would
   change the traced inputs). Only public `generate` arguments are used (transformers 5.17 .. 5.24). The prefill is
   not compiled, so its varying width costs nothing extra. CPU tests use the dynamic cache (no padding games).
+- **Two decode paths behind the same chunking** (`decode`): "hf" runs `generate` as above; "vigos" runs the
+  engine's own loop (`vigos.generation.decode.DecodeLoop`) on the same padded inputs, seeds, cache length and
+  sampler, without `generate`'s per-step Python and host syncs (a CUDA graph per decode step on CUDA). Both give
+  the same rows; pre- and post-processing (padding, EOS cut, finish reasons, texts, prompt inputs) are shared.
 """
 
 from __future__ import annotations
