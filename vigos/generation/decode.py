@@ -175,6 +175,9 @@ class DecodeLoop:
             self._constants[key] = _Constants(
                 key[0], key[1], key[2], torch.tensor(self.eos_token_ids, dtype=torch.long, device=device),
                 torch.tensor(self.suppress_token_ids, dtype=torch.long, device=device), self.pad_token_id, key[3])
+            if self.compile:
+                torch._dynamo.mark_static_address(self._constants[key].eos)
+                torch._dynamo.mark_static_address(self._constants[key].suppress)
         return self._constants[key]
 
     def _compiled_step(self):
