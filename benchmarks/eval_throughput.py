@@ -354,7 +354,7 @@ def decode_weight_bytes(model) -> int:
     """Bytes of the weights one decode step reads: the language model and its head (not the vision tower, which
     only the prefill runs, nor the input embedding, of which a step gathers one row per sequence)."""
     embed = model.get_input_embeddings().weight
-    skip = {id(embed)} if embed.data_ptr() != model.get_output_embeddings().weight.data_ptr() else set()
+    skip = set() if embed is model.get_output_embeddings().weight else {id(embed)}  # tied: the head reads it
     visual = {id(p) for name, p in model.named_parameters() if ".visual." in f".{name}"}
     return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip | visual)
 
