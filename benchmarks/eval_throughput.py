@@ -18,6 +18,10 @@ for (a) one question per call, dynamic cache (on `--baseline-questions` prompts 
 one HF `generate` call, dynamic cache, (b2) our engine with the dynamic cache, (c) our engine with the static cache +
 compiled decode: first call (compiles), second call, and a third call where half the prompts are longer (other
 left padding): no recompile expected (the dynamo graph count is printed). Needs only torch, transformers and PIL.
+First, the decode sweep (`--decode-batches 4,8,16,32`; `--decode-sweep-only` stops after it): at each batch size
+(c2) the engine on `generate` vs (d) the engine's own decode loop (`decode="vigos"`, a CUDA-graph decode step), as
+tokens/s, ms per decode step and the bandwidth ratio (weight bytes per step / (`--bandwidth-tbs` x ms per step)).
+The tiny mode runs the own loop as one more row (and checks it returns the `generate` path's tokens).
 
 `--backend openai --base-url URL --server-model NAME`: the same tiny-run prompts (`--questions` x `--samples`,
 seeds 42+s) through `OpenAIEngine` (eval.backend=openai) against a running OpenAI-compatible server, `--concurrency`
