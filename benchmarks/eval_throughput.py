@@ -19,6 +19,10 @@ for (a) one question per call, dynamic cache (on `--baseline-questions` prompts 
 one HF `generate` call, dynamic cache, (b2) our engine with the dynamic cache, (c) our engine with the static cache +
 compiled decode: first call (compiles), second call, and a third call where half the prompts are longer (other
 left padding): no recompile expected (the dynamo graph count is printed). Needs only torch, transformers and PIL.
+First, the decode sweep (`--decode-batches 4,8,16,32`; `--decode-sweep-only` stops after it): at each batch size
+(c2) the engine on `generate` vs (d) the engine's own decode loop (`decode="vigos"`, a CUDA-graph decode step), as
+tokens/s, ms per decode step and the bandwidth ratio (weight bytes per step / (`--bandwidth-tbs` x ms per step)).
+The tiny mode runs the own loop as one more row (and checks it returns the `generate` path's tokens).
 
 `--backend openai --base-url URL --server-model NAME`: the same tiny-run prompts (`--questions` x `--samples`,
 seeds 42+s) through `OpenAIEngine` (eval.backend=openai) against a running OpenAI-compatible server, `--concurrency`
@@ -208,7 +212,9 @@ def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
     rows["per_call_n_samples"] = _hf_generate(
         model, processor, prompts, params, eos, per_call=1, return_sequences=args.samples
     )
-    rows["engine_batched"] = _engine_run(engine, prompts, params, samples=args.samples)
+    rows["engine_batched"], reference = _timed_engine(engine, prompts, params, args.samples)
+    rows["engine_vigos_loop"] = _vigos_tiny_row(model, processor, prompts, params, args,
+                                                [r.token_ids for r in reference])
     base = rows["per_call_one_sample"]["samples_per_s"]
     print(
         f"tiny Qwen2.5-VL on cpu ({torch.get_num_threads()} threads): {args.questions} questions x {args.samples} "
@@ -220,6 +226,7 @@ def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
         "per_call_one_sample": "one question per call, 1 sample (model card's way)",
         "per_call_n_samples": f"one question per call, {args.samples} samples (num_return_seq.)",
         "engine_batched": f"HFEngine, {args.batch_size} sequences per call",
+        "engine_vigos_loop": "same, own decode loop (decode=vigos)",
     }
     for key, row in rows.items():
         row["ratio_vs_one_per_call"] = row["samples_per_s"] / base
@@ -227,6 +234,7 @@ def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
             f"{labels[key]:<52}{row['samples_per_s']:>10.1f}{row['tokens_per_s']:>10.0f}{row['seconds']:>9.2f}"
             f"{row['ratio_vs_one_per_call']:>7.1f}x"
         )
+    print(f"own decode loop returns the generate path's tokens: {rows['engine_vigos_loop']['same_tokens_as_hf_path']}")
     ratio_n = rows["engine_batched"]["samples_per_s"] / rows["per_call_n_samples"]["samples_per_s"]
     print(
         f"HFEngine vs one question per call: {rows['engine_batched']['ratio_vs_one_per_call']:.1f}x "
@@ -275,6 +283,10 @@ def run_qwen7b_shapes(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     warm = SamplingParams(1.0, 1.0, 0, 4)
     _hf_generate(model, processor, prompts[:2], warm, eos, per_call=2)  # CUDA context, cuBLAS handles
+    sweep = decode_sweep(model, processor, prompts, params, args) if args.decode_batches else None
+    if args.decode_sweep_only:
+        return {"model": "qwen7b-shapes" + ("-shrunk" if args.shrink else ""), "parameters": n_params,
+                "params": params.to_dict(), "decode_sweep": sweep}
     rows["a_per_question_dynamic"] = _hf_generate(
         model, processor, prompts[: args.baseline_questions], params, eos, per_call=1
     )
@@ -329,7 +341,90 @@ def run_qwen7b_shapes(args: argparse.Namespace) -> dict[str, Any]:
         "params": params.to_dict(),
         "setup_seconds": setup_s,
         "modes": rows,
+        "decode_sweep": sweep,
     }
+
+
+# ---------------------------------------------------------------------------------------------------- own decode loop
+
+
+def _vigos_tiny_row(model, processor, prompts, params: SamplingParams, args: argparse.Namespace,
+                    reference: list[list[int]]) -> dict[str, Any]:
+    """Tiny/CPU: the engine with its own decode loop (dynamic cache, eager) on the same requests; plumbing, and a
+    check that it returns the `generate` path's tokens."""
+    engine = HFEngine(model, processor, batch_size=args.batch_size, cache_implementation=None, decode="vigos")
+    _engine_run(engine, prompts[:2], SamplingParams(1.0, 1.0, 0, 4))  # warm-up
+    row, results = _timed_engine(engine, prompts, params, args.samples)
+    row["same_tokens_as_hf_path"] = [r.token_ids for r in results] == reference
+    return row
+
+
+def _timed_engine(engine: HFEngine, prompts, params: SamplingParams, samples: int = 1):
+    requests = [GenerationRequest(p, ims, seed=42 + s) for p, ims in prompts for s in range(samples)]
+    device = engine.model.device
+    _sync(device)
+    started = time.perf_counter()
+    results = engine.generate(requests, params)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(r.token_ids) for r in results)
+    return {"seconds": seconds, "samples": len(results), "tokens": tokens, "samples_per_s": len(results) / seconds,
+            "tokens_per_s": tokens / seconds}, results
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of the weights one decode step reads: the language model and its head (not the vision tower, which
+    only the prefill runs, nor the input embedding, of which a step gathers one row per sequence)."""
+    embed = model.get_input_embeddings().weight
+    skip = set() if embed is model.get_output_embeddings().weight else {id(embed)}  # tied: the head reads it
+    visual = {id(p) for name, p in model.named_parameters() if ".visual." in f".{name}"}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip | visual)
+
+
+def decode_sweep(model, processor, prompts, params: SamplingParams, args: argparse.Namespace) -> dict[str, Any]:
+    """(c2) the engine on `generate` (static cache, transformers' compiled decode) vs (d) the engine's own loop
+    (static cache, CUDA-graph decode step) at each batch size: tokens/s of a full call, and the time of one decode
+    step from two calls that differ only in their number of new tokens (prefill, processor and compile cancel out;
+    the random-weight model practically never samples EOS, checked by counting the steps), and the bandwidth
+    ratio = weight bytes / (bandwidth x ms per step)."""
+    from projection import card_for  # the one card table (benchmarks/projection.py)
+
+    weight_bytes = decode_weight_bytes(model)
+    if not args.bandwidth_tbs:
+        card = card_for(torch.cuda.get_device_name(model.device)) if model.device.type == "cuda" else None
+        args.bandwidth_tbs = card.bandwidth / 1e12 if card else 4.8
+    bandwidth = args.bandwidth_tbs * 1e12
+    short = SamplingParams(params.temperature, params.top_p, params.top_k, max(2, params.max_new_tokens // 8))
+    out: dict[str, Any] = {"weight_bytes": weight_bytes, "bandwidth_tbs": args.bandwidth_tbs,
+                           "limit_ms_per_step": 1e3 * weight_bytes / bandwidth, "batches": {}}
+    print(f"\ndecode sweep: {weight_bytes / 1e9:.2f} GB of weights per step, limit "
+          f"{out['limit_ms_per_step']:.2f} ms/step at {args.bandwidth_tbs} TB/s", flush=True)
+    print(f"{'batch':>5} {'mode':<44}{'tokens/s':>10}{'ms/step':>9}{'bw ratio':>9}{'graphs+':>8}{'same':>6}")
+    for batch in [int(b) for b in args.decode_batches.split(",") if b.strip()]:
+        chunk = [prompts[i % len(prompts)] for i in range(batch)]
+        rows: dict[str, Any] = {}
+        reference = None
+        for key, decode in (("c2_engine_static_hf_generate", "hf"), ("d_engine_static_vigos_loop", "vigos")):
+            engine = HFEngine(model, processor, batch_size=batch, cache_implementation="static", decode=decode)
+            _timed_engine(engine, chunk, params)  # compile / capture at this (batch, cache length)
+            graphs = _dynamo_graphs()
+            row, results = _timed_engine(engine, chunk, params)
+            short_row, short_results = _timed_engine(engine, chunk, short)
+            steps = max(len(r.token_ids) for r in results) - max(len(r.token_ids) for r in short_results)
+            row["ms_per_step"] = 1e3 * (row["seconds"] - short_row["seconds"]) / max(1, steps)
+            row["bandwidth_ratio"] = out["limit_ms_per_step"] / row["ms_per_step"]
+            row["dynamo_graphs_added"] = _diff(_dynamo_graphs(), graphs)
+            tokens = [r.token_ids for r in results]
+            reference = reference or tokens
+            row["same_tokens_as_c2"] = tokens == reference
+            rows[key] = row
+            print(f"{batch:>5} {key:<44}{row['tokens_per_s']:>10.0f}{row['ms_per_step']:>9.2f}"
+                  f"{row['bandwidth_ratio']:>8.0%}{'' if row['dynamo_graphs_added'] is None else row['dynamo_graphs_added']:>8}"
+                  f"{str(row['same_tokens_as_c2']):>6}", flush=True)
+        rows["speedup_d_vs_c2"] = rows["d_engine_static_vigos_loop"]["tokens_per_s"] / rows[
+            "c2_engine_static_hf_generate"]["tokens_per_s"]
+        out["batches"][batch] = rows
+    return out
 
 
 def run_server(args: argparse.Namespace) -> dict[str, Any]:
@@ -544,6 +639,12 @@ def main() -> None:
     parser.add_argument("--vision-depth", type=int, default=32, help="qwen7b-shapes: vision blocks (7B: 32).")
     parser.add_argument("--device", default=None, help="qwen7b-shapes: default cuda if available.")
     parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes, vllm: tiny widths (a CPU smoke test).")
+    parser.add_argument("--decode-batches", default="4,8,16,32",
+                        help="qwen7b-shapes: batch sizes of the decode sweep, (c2) vs the own loop (empty: none).")
+    parser.add_argument("--decode-sweep-only", action="store_true", help="qwen7b-shapes: only the decode sweep.")
+    parser.add_argument("--bandwidth-tbs", type=float, default=None,
+                        help="qwen7b-shapes: memory bandwidth for the sweep's limit, TB/s (default: the card's, from "
+                             "benchmarks/projection.py; else the H200's 4.8).")
     parser.add_argument("--backend", choices=("engine", "openai", "vllm"), default="engine")
     parser.add_argument("--base-url", default="", help="openai: the server's API root (http://HOST:PORT/v1).")
     parser.add_argument("--server-model", default="", help="openai: the model name requests carry.")

@@ -56,7 +56,7 @@ def mismatch(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     rows = [Row(i, args.image_size + 28 * (i % 3)) for i in range(args.prompts)]
     prompts = [T.context_text(processor, "student", r.problem, r.answer) for r in rows]
     model.eval()
-    engine = HFEngine(model, processor, batch_size=args.prompts)
+    engine = HFEngine(model, processor, batch_size=args.prompts, decode=args.decode)
     params = SamplingParams.from_train(cfg.train)
     params = SamplingParams(params.temperature, params.top_p, params.top_k, args.new_tokens)
     t0 = time.perf_counter()
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--shrink", action="store_true", help="qwen7b-shapes at tiny widths (CPU smoke test)")
     parser.add_argument("--largest-image", action="store_true", help="also: peak memory on the largest image")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--decode", choices=("hf", "vigos"), default="hf",
+                        help="the engine's decode loop (model.decode_loop) that draws the rollouts")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.gradient_checkpointing = True  # the trainer's default (used by --largest-image's backward)

@@ -63,6 +63,12 @@ class ModelConfig:
     14*14*4*16384 = 12,845,056 pixels, up to 16,384 visual tokens), which the released model was trained and
     evaluated with; lower `max_pixels` to bound memory on large images (the `tiny` preset does)."""
     max_pixels: int = 12845056
+    decode_loop: Literal["hf", "vigos"] = "hf"
+    """How the in-process engine (training rollouts, `eval.backend=engine`) decodes: `hf`, transformers `generate`
+    with the seeded sampler as a logits processor; `vigos`, the engine's own loop (vigos/generation/decode.py:
+    one decode step = forward + sampling on device tensors, a CUDA graph on a GPU, a host check every 16 steps).
+    Both give the same tokens, finish reasons and log-probabilities for the same seeds (tested on CPU). `hf` stays
+    the default until `vigos` is measured on a GPU (benchmarks/RESULTS.md, "Generation engine")."""
 
 
 @dataclass

@@ -255,3 +255,89 @@ def test_shard_for_rank_round_trip():
         shard_for_rank(items, 4, 4)
     with pytest.raises(ValueError):
         shard_for_rank(items, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------------- own decode loop
+
+
+def _same_results(got, want, *, exact_logprobs=True):
+    for g, w in zip(got, want, strict=True):
+        assert (g.token_ids, g.text, g.finish_reason, g.seed, g.prompt_tokens) == (
+            w.token_ids, w.text, w.finish_reason, w.seed, w.prompt_tokens)
+        if exact_logprobs:
+            assert g.logprobs == w.logprobs
+        else:
+            assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+        assert (g.prompt_inputs is None) == (w.prompt_inputs is None)
+        for key, value in (w.prompt_inputs or {}).items():
+            assert torch.equal(g.prompt_inputs[key], value)
+
+
+@pytest.fixture(scope="module")
+def eos_likely_model(tiny_model, tiny_processor):
+    """With top-k 50, EOS a few percent likely per step (the tiny model's logits lie within ~0.7 of each other):
+    in a batch some rows stop early, others run to the limit. (Top-k keeps the hash sampler off the 152k vocab.)"""
+    return _biased_model(tiny_model, tiny_processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), 1.5)
+
+
+def test_vigos_decode_loop_equals_generate(eos_likely_model, tiny_processor, prompts):
+    """Our loop (dynamic cache, eager) gives the `generate` path's rows bit for bit: prompts of different lengths,
+    images of different sizes (and a text-only prompt), per-row seeds, EOS and length finishes, log-probabilities."""
+    text_only = build_prompt_text(tiny_processor, build_messages("Name three prime numbers.", []))
+    requests = [GenerationRequest(prompts[i % 3][0], prompts[i % 3][1], seed=100 + i) for i in range(5)]
+    requests.append(GenerationRequest(text_only, [], seed=7))
+    params = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=16)
+    hf = HFEngine(eos_likely_model, tiny_processor, batch_size=6, cache_implementation=None)
+    ours = HFEngine(eos_likely_model, tiny_processor, batch_size=6, cache_implementation=None, decode="vigos",
+                    check_every=4)
+    want = hf.generate(requests, params, logprobs=True, keep_inputs=True)
+    got = ours.generate(requests, params, logprobs=True, keep_inputs=True)
+    reasons = [r.finish_reason for r in want]
+    assert "stop" in reasons and "length" in reasons
+    _same_results(got, want)
+
+
+def test_vigos_decode_loop_static_cache_path(eos_likely_model, tiny_model, tiny_processor, prompts):
+    """The GPU code path (static cache reused per bucket, fixed attention-mask buffer, dummy rows, bucketed widths),
+    eagerly on CPU: the `generate` path's tokens (log-probabilities to float rounding: a static cache attends over
+    the whole cache length); and the loop stops at the first host check after every row has finished."""
+    requests = _requests(prompts, [11, 12, 13])
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=16)
+    want = HFEngine(eos_likely_model, tiny_processor, batch_size=8, cache_implementation=None).generate(
+        requests, params, logprobs=True)
+    ours = HFEngine(eos_likely_model, tiny_processor, batch_size=2, cache_implementation="static", decode="vigos",
+                    check_every=4)
+    _same_results(ours.generate(requests, params, logprobs=True), want, exact_logprobs=False)
+    assert ours.last_stats["dummy_rows"] == 1 and len(ours._decode_loop._buffers) == 1
+
+    im_end = tiny_processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    stopper = HFEngine(_biased_model(tiny_model, im_end, 50.0), tiny_processor, batch_size=3,
+                       cache_implementation="static", decode="vigos", check_every=4)
+    assert [r.token_ids for r in stopper.generate(requests, params)] == [[im_end]] * 3
+    assert stopper._decode_loop.last_steps == 3  # checked after 4 drawn tokens, not run to 24
+
+
+def test_vigos_decode_step_traces_once(tiny_model, tiny_processor, prompts):
+    """Under torch.compile (the eager backend: dynamo's tracing and guards without a GPU) the decode step is one
+    graph for every step and every call of the same shape: the step index is a tensor, nothing recompiles."""
+    from torch._dynamo.utils import counters
+
+    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=20, max_new_tokens=6)
+    requests = _requests(prompts[:2], [1, 2])
+    eng = HFEngine(tiny_model, tiny_processor, batch_size=2, cache_implementation="static", decode="vigos",
+                   compile_decode={"backend": "eager"})
+    before = counters["stats"]["unique_graphs"]
+    first = eng.generate(requests, params)
+    again = eng.generate(requests[::-1], params)
+    assert counters["stats"]["unique_graphs"] - before == 1
+    want = HFEngine(tiny_model, tiny_processor, batch_size=2, cache_implementation=None).generate(requests, params)
+    assert [r.token_ids for r in first] == [r.token_ids for r in want] == [r.token_ids for r in again[::-1]]
+
+
+def test_decode_option_is_checked(tiny_model, tiny_processor, prompts):
+    with pytest.raises(ValueError, match="decode must be one of"):
+        HFEngine(tiny_model, tiny_processor, decode="fast")
+    eng = HFEngine(tiny_model, tiny_processor, batch_size=1, cache_implementation=None, decode="vigos",
+                   compile_decode=True)
+    with pytest.raises(ValueError, match="static cache"):
+        eng.generate(_requests(prompts[:1], [0]), SAMPLE)

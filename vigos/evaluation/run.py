@@ -359,7 +359,8 @@ class _Model:
 
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             model = load_model(self._model_cfg(), _device(local_rank))
-            self.engine = HFEngine(model, self.get_processor(), batch_size=self.cfg.eval.batch_size, progress=False)
+            self.engine = HFEngine(model, self.get_processor(), batch_size=self.cfg.eval.batch_size, progress=False,
+                                   decode=self.cfg.model.decode_loop)
         return self.engine
 
     def _model_cfg(self):

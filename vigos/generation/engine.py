@@ -26,6 +26,10 @@ Design (benchmarks/RESULTS.md measures why generation must be batched and use a 
   `prompt_bucket` with at least one pad column, so the 2-D attention mask is never dropped as all-ones (which would
   change the traced inputs). Only public `generate` arguments are used (transformers 5.17 .. 5.24). The prefill is
   not compiled, so its varying width costs nothing extra. CPU tests use the dynamic cache (no padding games).
+- **Two decode paths behind the same chunking** (`decode`): "hf" runs `generate` as above; "vigos" runs the
+  engine's own loop (`vigos.generation.decode.DecodeLoop`) on the same padded inputs, seeds, cache length and
+  sampler, without `generate`'s per-step Python and host syncs (a CUDA graph per decode step on CUDA). Both give
+  the same rows; pre- and post-processing (padding, EOS cut, finish reasons, texts, prompt inputs) are shared.
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from vigos.generation.decode import DecodeLoop
 from vigos.generation.sampling import sample_tokens, seeds_tensor
 from vigos.generation.types import GenerationRequest, GenerationResult, SamplingParams
 
 STATIC_CACHE = "static"
+DECODE_LOOPS = ("hf", "vigos")
 VISION_PLACEHOLDERS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 _NON_SEQUENCE_KEYS = frozenset(
     {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"}
@@ -115,6 +121,13 @@ class HFEngine:
             with its images (the trainer's forwards would see more placeholders than image features), and an answer
             never needs them.
         progress: show a tqdm bar over chunks.
+        decode: "hf" (transformers `generate`, the module docstring's design) or "vigos" (our own prefill + decode
+            loop, `vigos.generation.decode`: same results, no per-step Python or host sync; on CUDA with the static
+            cache the decode step runs as a CUDA graph).
+        check_every: "vigos" decode: decode steps between two host checks of "all rows finished".
+        compile_decode: "vigos" decode: compile the decode step with CUDA graphs (True), with these `torch.compile`
+            options (a dict; `{"backend": "eager"}` checks the tracing on CPU), or not (False); None (auto): CUDA
+            graphs on CUDA with the static cache.
     """
 
     def __init__(
@@ -130,9 +143,14 @@ class HFEngine:
         eos_token_ids: Sequence[int] | None = None,
         suppress_tokens: Sequence[str] | None = VISION_PLACEHOLDERS,
         progress: bool = False,
+        decode: str = "hf",
+        check_every: int = 16,
+        compile_decode: bool | dict[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if decode not in DECODE_LOOPS:
+            raise ValueError(f"decode must be one of {DECODE_LOOPS}, got {decode!r}")
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -144,6 +162,10 @@ class HFEngine:
         self.cache_bucket = max(1, cache_bucket)
         self._cache_len = max_cache_len or 0
         self.progress = progress
+        self.decode = decode
+        self.check_every = check_every
+        self.compile_decode = compile_decode
+        self._decode_loop: DecodeLoop | None = None
         gen_cfg = getattr(model, "generation_config", None)
         self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids else _eos_ids(gen_cfg, self.tokenizer)
         pad = getattr(gen_cfg, "pad_token_id", None)
@@ -234,32 +256,22 @@ class HFEngine:
         inputs = _left_pad(batch, mask, width, self.pad_token_id)
 
         n_new = params.max_new_tokens
-        stopping = None
         if self.static:
             self._cache_len = max(self._cache_len, _round_up(width + n_new, self.cache_bucket))
-            hf_new_tokens = self._cache_len - width
-            stopping = StoppingCriteriaList([StopAtLength(width + n_new)])
             stats["cache_len"] = self._cache_len
-        else:
-            hf_new_tokens = n_new
         stats["chunks"] += 1
         stats["dummy_rows"] += len(rows) - n_real
         stats["prompt_widths"].append(width)
 
         device = _device(self.model)
         model_inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        suppress = torch.tensor(self.suppress_token_ids, dtype=torch.long, device=device)
-        sampler = SeededSamplingProcessor(seeds_tensor([r.seed for r in rows], device), width, params, suppress,
-                                          record_logprobs=logprobs)
-        gen_kwargs: dict[str, Any] = {
-            "generation_config": self._generation_config(hf_new_tokens),
-            "logits_processor": LogitsProcessorList([sampler]),
-        }
-        if stopping is not None:
-            gen_kwargs["stopping_criteria"] = stopping
-        out = self.model.generate(**model_inputs, **gen_kwargs)
-        sequences = getattr(out, "sequences", out)
-        completions = sequences[:n_real, width : width + n_new].cpu().tolist()
+        seeds = seeds_tensor([r.seed for r in rows], device)
+        if self.decode == "vigos":
+            tokens, table = self._loop().run(model_inputs, seeds, width, n_new, params,
+                                             self._cache_len if self.static else None, logprobs)
+        else:
+            tokens, table = self._decode_hf(model_inputs, seeds, width, n_new, params, logprobs)
+        completions = tokens[:n_real].tolist()
 
         eos = set(self.eos_token_ids)
         token_lists: list[list[int]] = []
@@ -278,9 +290,9 @@ class HFEngine:
         )
         row_inputs = _row_inputs(batch, mask, chunk, device) if keep_inputs else [None] * n_real
         row_logprobs: list[list[float] | None] = [None] * n_real
-        if logprobs and sampler.logprobs:
-            table = torch.stack(sampler.logprobs, dim=1)[:n_real].cpu().tolist()  # [rows, decode steps]
-            row_logprobs = [table[i][: len(token_lists[i])] for i in range(n_real)]
+        if table is not None:
+            rows_lp = table[:n_real].tolist()  # [rows, decode steps]
+            row_logprobs = [rows_lp[i][: len(token_lists[i])] for i in range(n_real)]
         return [
             GenerationResult(
                 token_ids=token_lists[i],
@@ -293,6 +305,36 @@ class HFEngine:
             )
             for i in range(n_real)
         ]
+
+    def _decode_hf(
+        self, inputs: dict[str, Any], seeds: torch.Tensor, width: int, n_new: int, params: SamplingParams,
+        logprobs: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`generate` with our sampler as its logits processor -> (completion tokens [B, <= n_new], their
+        log-probabilities or None), on the host."""
+        device = inputs["input_ids"].device
+        suppress = torch.tensor(self.suppress_token_ids, dtype=torch.long, device=device)
+        sampler = SeededSamplingProcessor(seeds, width, params, suppress, record_logprobs=logprobs)
+        gen_kwargs: dict[str, Any] = {"logits_processor": LogitsProcessorList([sampler])}
+        if self.static:  # the cache length is fixed by max_new_tokens; the real budget is a stopping criterion
+            gen_kwargs["generation_config"] = self._generation_config(self._cache_len - width)
+            gen_kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtLength(width + n_new)])
+        else:
+            gen_kwargs["generation_config"] = self._generation_config(n_new)
+        out = self.model.generate(**inputs, **gen_kwargs)
+        sequences = getattr(out, "sequences", out)
+        table = torch.stack(sampler.logprobs, dim=1).cpu() if logprobs and sampler.logprobs else None
+        return sequences[:, width : width + n_new].cpu(), table
+
+    def _loop(self) -> DecodeLoop:
+        if self._decode_loop is None:
+            compile_step = self.compile_decode
+            if compile_step is None:  # auto: CUDA graphs where they exist and the shapes are fixed
+                compile_step = self.static and _device(self.model).type == "cuda"
+            self._decode_loop = DecodeLoop(self.model, self.eos_token_ids, self.pad_token_id,
+                                           self.suppress_token_ids, check_every=self.check_every,
+                                           compile=compile_step)
+        return self._decode_loop
 
     def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
         # Every field a checkpoint's generation_config.json could fill in is set: only our sampler transforms logits.

@@ -40,17 +40,20 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_keys(seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """One 32-bit key per row for decode step `step`, from 64-bit seeds (int64 tensor [B]) -> int64 [B]."""
+def row_keys(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """One 32-bit key per row for decode step `step`, from 64-bit seeds (int64 tensor [B]) -> int64 [B].
+
+    `step` may be a 0-d int64 tensor on the seeds' device (a compiled / CUDA-graph decode step reads it from device
+    memory, so it neither syncs nor recompiles per step); an int gives the same bits."""
     seeds = seeds.to(torch.int64)
     lo = seeds & _M32
     hi = (seeds >> 32) & _M32  # arithmetic shift, then mask: the high word of the two's-complement bits
     key = mix32(lo ^ _KEY_SALT)
     key = mix32(key ^ hi)
-    return mix32(key ^ (int(step) & _M32))
+    return mix32(key ^ ((step if torch.is_tensor(step) else int(step)) & _M32))
 
 
-def hash_uniform(seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> torch.Tensor:
+def hash_uniform(seeds: torch.Tensor, step: int | torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """Uniforms in (0, 1), float64, shape of `token_ids` ([B, K] or [K]): u[b, k] = U(seeds[b], step, token_ids[..k]).
 
     For a fixed row and step, distinct token ids get distinct values (the map is a bijection on 32 bits).
@@ -89,7 +92,7 @@ def filter_logits(
 def sample_tokens(
     logits: torch.Tensor,
     seeds: torch.Tensor,
-    step: int,
+    step: int | torch.Tensor,
     temperature: float,
     top_k: int = 0,
     top_p: float = 1.0,

@@ -185,7 +185,7 @@ def valid_share(model_dir: str | Path, rows: int = 16, seed: int = 0, preset: st
     cfg = load_config(preset, values={"model.name_or_path": str(model_dir)})
     processor = load_processor(cfg.model, padding_side="left")
     model = load_model(cfg.model)
-    engine = HFEngine(model, processor, batch_size=rows)
+    engine = HFEngine(model, processor, batch_size=rows, decode=cfg.model.decode_loop)
     requests = [
         GenerationRequest(context_text(processor, "student", r["problem"], r["answer"]),
                           [Image.open(io.BytesIO(r["images"][0]["bytes"])).convert("RGB")], seed=seed * 1_000_003 + i)

@@ -273,7 +273,8 @@ class ViGOSTrainer:
         self.model = self.engine.module  # the PEFT model (ZeRO-2 keeps parameters whole on every rank)
         self.dtype = next(self.model.parameters()).dtype
         self.generator = self._engine_override or HFEngine(
-            self.model, self.processor, batch_size=max(1, min(32, self._rows_per_rank()))
+            self.model, self.processor, batch_size=max(1, min(32, self._rows_per_rank())),
+            decode=self.cfg.model.decode_loop,
         )
         from vigos.generation import SamplingParams
 
