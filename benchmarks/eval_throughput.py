@@ -158,22 +158,8 @@ def _hf_generate(
 
 
 def _engine_run(engine: HFEngine, prompts, params: SamplingParams, samples: int = 1) -> dict[str, float]:
-    requests = [GenerationRequest(p, ims, seed=42 + s) for p, ims in prompts for s in range(samples)]
-    device = engine.model.device
-    _sync(device)
-    started = time.perf_counter()
-    results = engine.generate(requests, params)
-    _sync(device)
-    seconds = time.perf_counter() - started
-    tokens = sum(len(r.token_ids) for r in results)
-    return {
-        "seconds": seconds,
-        "samples": len(results),
-        "tokens": tokens,
-        "samples_per_s": len(results) / seconds,
-        "tokens_per_s": tokens / seconds,
-        "stop_rate": sum(r.finish_reason == "stop" for r in results) / len(results),
-    }
+    row, results = _timed_engine(engine, prompts, params, samples)
+    return {**row, "stop_rate": sum(r.finish_reason == "stop" for r in results) / len(results)}
 
 
 def _dynamo_graphs() -> int | None:

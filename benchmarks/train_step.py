@@ -44,7 +44,7 @@ from vigos.generation.types import GenerationRequest, SamplingParams  # noqa: E4
 from vigos.modeling.lora import apply_lora  # noqa: E402
 from vigos.training import teachers as T  # noqa: E402
 from vigos.training.memory import CheckpointSwitch, choose_checkpointing, resolve_checkpointing  # noqa: E402
-from vigos.training.objective import combine, segment_kl_terms  # noqa: E402
+from vigos.training.objective import SEGMENTS, combine, segment_kl_terms  # noqa: E402
 from vigos.training.segments import parse_completion  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,6 +100,24 @@ def build(args, device, dtype):
     return cfg, model, processor
 
 
+def _backward_and_step(model, optim, terms, t, device, times: dict[str, float]) -> float:
+    """The trainer's loss over `terms`, its backward (added to times["student"]) and the optimizer step
+    (times["optimizer"]): clip, fused AdamW, zero grads. Returns the loss."""
+    t0 = time.perf_counter()
+    anchor = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    loss, _ = combine(terms, [terms[k].count if k in terms else 0 for k in SEGMENTS], t, anchor)
+    loss.backward()
+    _sync(device)
+    times["student"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+    _sync(device)
+    times["optimizer"] = time.perf_counter() - t0
+    return loss.item()
+
+
 def optimizer_steps(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     t = cfg.train
     t.max_completion_length = args.new_tokens
@@ -122,25 +140,13 @@ def optimizer_steps(args, cfg, model, processor, device, dtype) -> dict[str, Any
         parsed = [parse_completion(processor, r.token_ids, eos_token_ids=eos) for r in results]
         model.train()
         terms = segment_kl_terms(model, processor, t, rows, prompts, parsed, device, dtype, times)
-        t0 = time.perf_counter()
-        anchor = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-        loss, _ = combine(terms, [terms[k].count if k in terms else 0 for k in ("perception", "reasoning",
-                                                                               "reference")], t, anchor)
-        loss.backward()
-        _sync(device)
-        times["student"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        _sync(device)
-        times["optimizer"] = time.perf_counter() - t0
+        loss = _backward_and_step(model, optim, terms, t, device, times)
         tokens = sum(p.num_tokens for p in parsed)
         total = sum(times.values())
         steps.append({**{f"time_{k}": v for k, v in times.items()}, "completion_tokens": tokens,
-                      "tokens_per_s": tokens / total, "valid": sum(p.valid for p in parsed), "loss": loss.item()})
+                      "tokens_per_s": tokens / total, "valid": sum(p.valid for p in parsed), "loss": loss})
         print(f"step {step}: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items())
-              + f"; {tokens} completion tokens, {tokens / total:.0f} tok/s, loss {loss.item():.4g}", flush=True)
+              + f"; {tokens} completion tokens, {tokens / total:.0f} tok/s, loss {loss:.4g}", flush=True)
     return {"steps": steps}
 
 
@@ -155,7 +161,7 @@ def fwd_bwd(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     mask = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)
     mask[0, n_prompt - 1 : n_prompt - 1 + len(completion)] = True
     weight = T.lm_parts(model)[1]
-    n_tokens = int(batch.attention_mask.sum())
+    n_tokens = batch.num_tokens
     lm_n = _lm_params(model)
     peak = _peak(device)
     out = {"tokens": n_tokens, "lm_params": lm_n}
@@ -257,7 +263,7 @@ def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
             out["liger_applied"] = True
         batch = T.build_sequences(processor, contexts, images, tails, [0] * len(tails), dtype=dtype,
                                   pack=pack).to(device)
-        n_tokens = int(batch.input_ids.numel() if pack else batch.attention_mask.sum())
+        n_tokens = batch.num_tokens
         choice = auto if checkpointing == "auto" else choose_checkpointing(checkpointing == "true", device.type)
         on = choice.checkpoint(int(batch.input_ids.numel()))  # the student forward's positions, as in the trainer
         switch.set(on)
@@ -359,8 +365,8 @@ def phase_passes(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     engine_eos = HFEngine(model, processor, batch_size=1).eos_token_ids
     parsed = [parse_completion(processor, completion, eos_token_ids=engine_eos)]
     masks = build_segment_masks(parsed, device=device)
-    teacher_tokens = sum(int(batch.attention_mask.sum())
-                         for batch, _, _ in teacher_batches(processor, t, [row], parsed, masks).values())
+    teacher_tokens = sum(batch.num_tokens for batch, _, _ in
+                         teacher_batches(processor, t, [row], parsed, masks).values())
     student_tokens = len(processor(text=[prompt], images=[row.image])["input_ids"][0]) + len(completion)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
                               fused=device.type == "cuda")
@@ -370,19 +376,7 @@ def phase_passes(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
         _sync(device)
         terms = segment_kl_terms(model, processor, t, [row], [prompt], parsed, device, dtype, times)
         _sync(device)
-        t0 = time.perf_counter()
-        anchor = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-        loss, _ = combine(terms, [terms[k].count if k in terms else 0 for k in ("perception", "reasoning",
-                                                                               "reference")], t, anchor)
-        loss.backward()
-        _sync(device)
-        times["student"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        _sync(device)
-        times["optimizer"] = time.perf_counter() - t0
+        _backward_and_step(model, optim, terms, t, device, times)
     lm_n, peak = _lm_params(model), _peak(device)
     student_tps = student_tokens / times["student"]
     out = {

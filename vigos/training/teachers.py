@@ -136,6 +136,11 @@ class SequenceBatch:
     def packed(self) -> bool:
         return self.cu_seqlens is not None
 
+    @property
+    def num_tokens(self) -> int:
+        """Real tokens (padding excluded): what a throughput counts."""
+        return int(self.input_ids.numel() if self.packed else self.attention_mask.sum())
+
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """The padded batch's model inputs (a packed one also needs `packed_position_ids`: see `hidden_states`)."""
         inputs = {"input_ids": self.input_ids, "pixel_values": self.pixel_values,
