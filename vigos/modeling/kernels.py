@@ -38,10 +38,10 @@ def resolve_fused_kernels(setting: str, device_type: str) -> tuple[str, str]:
                              "set train.fused_kernels=auto or none")
         return "liger", "as configured"
     if device_type != "cuda":
-        return "none", f"auto: {device_type} (liger-kernel's kernels need CUDA)"
+        return "none", f"{device_type}: liger-kernel's kernels need CUDA"
     if not installed:
-        return "none", "auto: liger-kernel is not installed (pip install 'vigos[gpu]')"
-    return "liger", "auto: liger-kernel is installed and the device is CUDA"
+        return "none", "liger-kernel is not installed (pip install 'vigos[gpu]')"
+    return "liger", "liger-kernel is installed and the device is CUDA"
 
 
 def apply_liger(model=None) -> None:
