@@ -341,3 +341,9 @@ def test_decode_option_is_checked(tiny_model, tiny_processor, prompts):
                    compile_decode=True)
     with pytest.raises(ValueError, match="static cache"):
         eng.generate(_requests(prompts[:1], [0]), SAMPLE)
+    from vigos.errors import VigosError
+    from vigos.generation.decode import _check_transformers
+
+    with pytest.raises(VigosError, match=r"needs transformers>=5\.24 \(this environment has 5\.19\.0\); set model"):
+        _check_transformers("5.19.0")  # the vLLM evaluation image's
+    _check_transformers("5.24.0.dev0")

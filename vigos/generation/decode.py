@@ -18,7 +18,7 @@ compiled once per (batch, cache length) with CUDA graphs (`torch.compile(mode="r
 
 Results equal the `generate` path's (same tokens, EOS rule, finish reasons, log-probabilities): the prefill and
 every decode forward see the same token ids, positions and attended keys, and the sampler is the same function
-(tests/generation/test_decode.py compares both paths on CPU in float32). Finished rows keep running (their tokens
+(tests/generation/test_engine.py compares both paths on CPU in float32). Finished rows keep running (their tokens
 become the pad id and are cut off after the EOS), as in `generate`.
 """
 
@@ -51,6 +51,28 @@ class _Buffers:
     cache: Any  # a StaticCache (one per bucket) or None (a fresh DynamicCache per call)
 
 
+MIN_TRANSFORMERS = (5, 24)
+"""The cache API this loop is written against (a StaticCache that tracks its own length, the `cache` keyword)."""
+
+
+def _check_transformers(version: str | None = None) -> None:
+    """A clear error where the installed transformers predates `MIN_TRANSFORMERS` (e.g. the vLLM evaluation image,
+    which pins vLLM's own), rather than a wrong position or a TypeError deep in a forward."""
+    import re
+
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    found = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if found < MIN_TRANSFORMERS:
+        from vigos.errors import VigosError
+
+        need = ".".join(map(str, MIN_TRANSFORMERS))
+        raise VigosError(f"model.decode_loop=vigos needs transformers>={need} (this environment has {version}); "
+                         "set model.decode_loop=hf")
+
+
 class DecodeLoop:
     """Prefill + decode for one chunk of rows at a time (see the module docstring).
 
@@ -69,6 +91,7 @@ class DecodeLoop:
     ) -> None:
         if check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {check_every}")
+        _check_transformers()
         self.model = model
         self.eos_token_ids = eos_token_ids
         self.pad_token_id = pad_token_id
