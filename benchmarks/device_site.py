@@ -7,10 +7,10 @@ kfp, datasets, ...).
 
 Linked: each installed distribution whose name is in the list, and what these require as installed here (torch's
 CUDA libraries; huggingface_hub 2's httpx2, where the device's 1.33 uses httpx), each with its .dist-info
-(transformers checks versions through it). Left out:
-every other installed distribution (printed), and those the carried wheels replace (`--wheels`, default `.whl`):
-`benchmarks/device_check.sh` installs those itself, as on the device. Versions are this machine's, not the device's
-(torch 2.14 here, 2.11 there): the stand-in checks which packages are imported, not how they behave.
+(transformers checks versions through it). Left out: every other installed distribution (printed), and those the
+carried wheels replace (`--wheels`, default `.whl`): `benchmarks/device_check.sh` installs those itself, as on the
+device. Versions are this machine's, not the device's (torch 2.14 here, 2.11 there): the stand-in checks which
+packages are imported, not how they behave.
 """
 
 from __future__ import annotations
