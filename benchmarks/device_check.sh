@@ -21,8 +21,7 @@
 #   decode   220 s  issue 12: (c2) generate vs (d) the own CUDA-graph decode loop at batch 4 and 16 (the goal's range;
 #                   4 compiles; RESULTS' command sweeps 4,8,16,32 in ~5 min: too long here)
 #   levers   110 s  issue 12: today / packed / checkpointing auto / all, 4 rows of 1,000-4,096 tokens (no compile;
-#                   the `auto` probes are the slow part). The liger lever is skipped: liger-kernel is not carried, its
-#                   0.8.5 fails to patch Qwen2.5-VL under transformers 5.24 (Makefile, device-wheels)
+#                   the `auto` probes are the slow part), liger kernels (carried; its Triton is the device's)
 #   phases   160 s  issue 12: decode at batch 4 (training rollouts per GPU) and 32 (eval calls): 2 compiles, then one
 #                   micro-step; full_run (CPU arithmetic, 20 s) projects the paper's run from its JSON
 #   fidelity 120 s  issue 8: bf16 sampler/trainer mismatch (4 rollouts x 128 tokens: 1 compile) + the largest image's
