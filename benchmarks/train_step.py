@@ -150,6 +150,35 @@ def optimizer_steps(args, cfg, model, processor, device, dtype) -> dict[str, Any
     return {"steps": steps}
 
 
+def _teacher_student_kl(model, batch, weight, mask, cfg) -> torch.Tensor:
+    """The trainer's pass on `batch`: the teacher forward (adapter off, no grad), the student forward and the chunked
+    clipped KL over the `mask` positions (mean)."""
+    from vigos.training.losses import chunked_clipped_token_kl
+
+    h_t = T.teacher_hidden_states(model, batch)
+    h_s = T.hidden_states(model, batch)
+    return chunked_clipped_token_kl(h_t, h_s, weight, mask, clip=cfg.train.kl_token_clip,
+                                    chunk_size=cfg.train.kl_chunk_size).mean()
+
+
+def _timed_passes(model, device, runs: int, loss_fn) -> tuple[float, float]:
+    """`runs` calls of `loss_fn()` + its backward, each after a fresh peak-memory count; (seconds, loss) of the last
+    (the earlier ones warm up)."""
+    for _ in range(runs):
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = loss_fn()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    return seconds, loss.item()
+
+
 def fwd_bwd(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     """One long sequence: naive full-logit KL vs our hidden-state chunked KL (same student, same teacher)."""
     row = Row(0, args.image_size)
@@ -165,34 +194,21 @@ def fwd_bwd(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     lm_n = _lm_params(model)
     peak = _peak(device)
     out = {"tokens": n_tokens, "lm_params": lm_n}
-    from vigos.training.losses import chunked_clipped_token_kl
+
+    def naive() -> torch.Tensor:
+        with torch.no_grad(), model.disable_adapter():
+            h_t = T.hidden_states(model, batch)
+        logits = model(**batch.model_inputs(), use_cache=False).logits[mask].float()
+        with torch.no_grad():
+            t_logits = (h_t[mask] @ weight.T).float()
+        return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                        reduction="none").sum(-1).clamp(max=cfg.train.kl_token_clip).mean()
 
     for mode in ("naive", "ours"):
-        for _ in range(2):  # the first is a warm-up
-            model.train()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.no_grad(), model.disable_adapter():
-                h_t = T.hidden_states(model, batch)
-            if mode == "naive":
-                logits = model(**batch.model_inputs(), use_cache=False).logits[mask].float()
-                with torch.no_grad():
-                    t_logits = (h_t[mask] @ weight.T).float()
-                loss = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1), log_target=True,
-                                reduction="none").sum(-1).clamp(max=cfg.train.kl_token_clip).mean()
-            else:
-                h_s = T.hidden_states(model, batch)
-                loss = chunked_clipped_token_kl(h_t, h_s, weight, mask, clip=cfg.train.kl_token_clip,
-                                                chunk_size=cfg.train.kl_chunk_size).mean()
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-            _sync(device)
-            seconds = time.perf_counter() - t0
+        ours = lambda: _teacher_student_kl(model, batch, weight, mask, cfg)  # noqa: E731
+        seconds, loss = _timed_passes(model, device, 2, naive if mode == "naive" else ours)
         tps = n_tokens / seconds
-        row_out = {"seconds": seconds, "tokens_per_s": tps, "loss": loss.item(),
+        row_out = {"seconds": seconds, "tokens_per_s": tps, "loss": loss,
                    "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                    "mfu": mfu(lm_n, tps, peak) if peak else None}
         out[mode] = row_out
@@ -235,7 +251,6 @@ def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
     off, no grad) + the student forward/backward with the chunked KL over every completion token. tokens/s counts
     real tokens only (padding is the waste packing removes); MFU = 6 N_lm tokens/s / peak."""
     from vigos.modeling.kernels import apply_liger, resolve_fused_kernels
-    from vigos.training.losses import chunked_clipped_token_kl
 
     weight = T.lm_parts(model)[1]
     contexts, images, tails = _lever_rows(args, processor, weight.shape[0])
@@ -268,25 +283,12 @@ def levers(args, cfg, model, processor, device, dtype) -> dict[str, Any]:
         on = choice.checkpoint(int(batch.input_ids.numel()))  # the student forward's positions, as in the trainer
         switch.set(on)
         mask = batch.positions(completion)
-        for _ in range(1 + args.lever_repeats):  # the first is a warm-up
-            model.train()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            t0 = time.perf_counter()
-            h_t = T.teacher_hidden_states(model, batch)
-            h_s = T.hidden_states(model, batch)
-            loss = chunked_clipped_token_kl(h_t, h_s, weight, mask, clip=cfg.train.kl_token_clip,
-                                            chunk_size=cfg.train.kl_chunk_size).mean()
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-            _sync(device)
-            seconds = time.perf_counter() - t0
+        seconds, loss = _timed_passes(model, device, 1 + args.lever_repeats,
+                                      lambda batch=batch, mask=mask: _teacher_student_kl(model, batch, weight, mask, cfg))
         tps = n_tokens / seconds
         out[name] = {"pack": pack, "gradient_checkpointing": on, "checkpointing_why": choice.why,
                      "fused_kernels": kernels, "tokens": n_tokens, "forward_positions": int(batch.input_ids.numel()),
-                     "seconds": seconds, "tokens_per_s": tps, "loss": loss.item(),
+                     "seconds": seconds, "tokens_per_s": tps, "loss": loss,
                      "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                      "mfu": 6 * lm_n * tps / peak if peak else None}
     base = out[next(iter(LEVERS))]["tokens_per_s"]
