@@ -3,58 +3,30 @@ Qwen2.5-VL per test session (built offline in well under a second)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def served(command: Callable[[int], list[str]], log_path: Path, *, timeout_s: float = 120,
            env: dict[str, str] | None = None) -> Iterator[str]:
     """Run `command(port)` (a server on 127.0.0.1:port, in its own process group) until its `/health` answers
-    200; yield its base URL, then stop the whole group. A server that exits or stays silent past `timeout_s`
-    fails the test with the tail of its log."""
-    port = _free_port()
-    cmd, base = command(port), f"http://127.0.0.1:{port}"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited with {proc.returncode}" if proc.poll() is not None else f"no answer in {timeout_s} s"
-                pytest.fail(f"`{' '.join(map(str, cmd))}` did not start ({why}); its log ends with:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.3)
+    200; yield its base URL, then stop the whole group (`vigos.localserver`, as the evaluation runs vLLM). A
+    server that exits or stays silent past `timeout_s` fails the test with the tail of its log."""
+    from vigos.errors import VigosError
+    from vigos.localserver import local_server
+
+    with ExitStack() as stack:
+        try:
+            base = stack.enter_context(local_server(command, log_path, timeout_s=timeout_s, env=env, grace_s=20,
+                                                    poll_s=0.3))
+        except VigosError as e:
+            pytest.fail(str(e))
         yield base
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
 
 
 @pytest.fixture(scope="session")

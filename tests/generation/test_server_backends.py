@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from vigos import localserver
 from vigos.errors import VigosError
 from vigos.generation import vllm_server
 from vigos.generation.vllm_server import SERVED_MODEL_NAME
@@ -45,7 +46,7 @@ def stand_in(tmp_path, monkeypatch):
     script = tmp_path / "vllm_stand_in.py"
     script.write_text(STAND_IN)
     monkeypatch.setattr(vllm_server, "VLLM", (sys.executable, str(script)))
-    monkeypatch.setattr(vllm_server, "HEALTH_POLL_S", 0.1)
+    monkeypatch.setattr(localserver, "HEALTH_POLL_S", 0.1)
     monkeypatch.setenv("STANDIN_ARGV", str(tmp_path / "argv.json"))
     monkeypatch.setenv("STANDIN_DELAY", "0.5")
     monkeypatch.setenv("STANDIN_TERM", "exit")

@@ -434,7 +434,7 @@ def test_two_nodes_match_one_node_of_two_processes(peaky_model_dir, prepared, tm
     `torchrun --standalone --nproc_per_node 2`: same losses, same adapter."""
     from safetensors.torch import load_file
 
-    from vigos.training.distributed import _free_port
+    from vigos.localserver import free_port
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
@@ -473,7 +473,7 @@ def test_two_nodes_match_one_node_of_two_processes(peaky_model_dir, prepared, tm
 
     two = tmp_path / "two-nodes"
     pet = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_ADDR": "127.0.0.1",
-           "PET_MASTER_PORT": str(_free_port())}
+           "PET_MASTER_PORT": str(free_port())}
     check([start(trainer_command(two), pet | {"PET_NODE_RANK": str(rank)}) for rank in (0, 1)])
 
     a = json.loads((one / "trainer_state.json").read_text())["history"]

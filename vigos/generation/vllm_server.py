@@ -4,8 +4,8 @@ over the pod's GPUs, used through `OpenAIEngine`, and stopped on every exit path
     with vllm_server("/mnt/vigos/runs/x/merged", data_parallel_size=8, log_path=out / "vllm.log") as base_url:
         engine = OpenAIEngine(base_url, SERVED_MODEL_NAME, processor)
 
-Stop: SIGTERM to the server's process group (vLLM's API server, engine cores and data-parallel workers), SIGKILL
-after `STOP_GRACE_S`. A SIGTERM to this process while the server runs (Kubernetes stopping the pod, the step's own
+Start, health wait and stop are `vigos.localserver`'s: SIGTERM to the server's process group (vLLM's API server,
+engine cores and data-parallel workers), SIGKILL after `STOP_GRACE_S`. A SIGTERM to this process while the server runs (Kubernetes stopping the pod, the step's own
 time-out) is turned into an exception, so the `finally` that stops the server runs (Python's default for SIGTERM
 is to die at once, which would leave the GPU workers behind).
 
@@ -16,29 +16,16 @@ benchmarks/eval_throughput.py's CPU smoke test runs `transformers serve` through
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from vigos.errors import VigosError, sigterm_exits
+from vigos.localserver import STOP_GRACE_S, local_server
 
 VLLM: tuple[str, ...] = ("vllm",)
 """The executable (tests point it at a stand-in script)."""
 SERVED_MODEL_NAME = "vigos-eval"
 """The name requests carry: the same for every model folder, so it never depends on a path."""
-STOP_GRACE_S = 30.0
-HEALTH_POLL_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vllm_command(model: str, port: int, data_parallel_size: int, extra_args: Sequence[str] = ()) -> list[str]:
@@ -53,46 +40,6 @@ def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def _tail(path: Path, chars: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float, log_path: Path, name: str = "vllm serve") -> None:
-    """Until GET `base`/health answers 200; VigosError (with the log's tail) if the server exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise VigosError(f"`{name}` exited with code {proc.returncode} before it was healthy; its log "
-                             f"{log_path} ends with: {_tail(log_path)!r}")
-        if time.monotonic() > deadline:
-            raise VigosError(f"`{name}` did not answer {base}/health within {timeout_s:g} s (eval."
-                             f"vllm_start_timeout_s); its log {log_path} ends with: {_tail(log_path)!r}")
-        time.sleep(HEALTH_POLL_S)
-
-
-def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the server's process group, SIGKILL it after `grace_s` seconds."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @contextlib.contextmanager
@@ -117,20 +64,8 @@ def vllm_server(
                 raise VigosError("eval.backend=vllm needs a GPU and this machine shows none; use --backend engine "
                                  "on CPU")
         command = lambda port: vllm_command(model, port, data_parallel_size, extra_args)  # noqa: E731
-    port = free_port()
-    cmd = list(command(port))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with sigterm_exits():
-        with open(log_path, "ab") as log:
-            try:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            except FileNotFoundError:
-                raise VigosError(f"`{cmd[0]}` is not installed here; eval.backend=vllm runs in the evaluation image "
-                                 "(docker/vllm.Dockerfile), or use --backend engine / openai") from None
-        try:
-            print(f"[vigos] started `{' '.join(cmd)}` (pid {proc.pid}, log {log_path})", flush=True)
-            base = f"http://127.0.0.1:{port}"
-            wait_healthy(base, proc, timeout_s, log_path, name)
-            yield f"{base}/v1"
-        finally:
-            stop(proc, grace_s)
+    with sigterm_exits(), local_server(
+            command, log_path, timeout_s=timeout_s, name=name, timeout_setting="eval.vllm_start_timeout_s",
+            not_installed="eval.backend=vllm runs in the evaluation image (docker/vllm.Dockerfile), or use "
+                          "--backend engine / openai", grace_s=grace_s) as base:
+        yield f"{base}/v1"

@@ -4,12 +4,13 @@ trainer needs. CPU runs use gloo (DeepSpeed works on CPU with gloo, no oneCCL); 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from vigos.localserver import free_port
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> DistInfo:
     """Join (or, alone, create) the process group. A single process gets a one-member group rendezvousing through
     a temporary file (no port: a port picked free can be taken by someone else before the store binds it), so the
@@ -37,7 +32,7 @@ def init_distributed() -> DistInfo:
     alone = "WORLD_SIZE" not in os.environ
     if alone:
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(_free_port())})  # read by DeepSpeed, unused by the file rendezvous
+                           "MASTER_PORT": str(free_port())})  # read by DeepSpeed, unused by the file rendezvous
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
