@@ -109,15 +109,10 @@ def history(out: Path) -> list[dict[str, float]]:
 
 def prepare_inputs(workdir: Path) -> tuple[Path, Path]:
     """The tiny model and a prepared synthetic dataset (the tests use their session fixtures instead)."""
-    from vigos.config import DataConfig
-    from vigos.data.prepare import prepare
-    from vigos.data.synthetic import write_synthetic
+    from vigos.data.synthetic import prepared_synthetic
     from vigos.modeling.tiny import build_tiny_model
 
-    model = build_tiny_model(workdir / "model", seed=0)
-    src = write_synthetic(workdir / "src", n=8, seed=1, fmt="disk")
-    prepare(DataConfig(source=str(src)), workdir / "prepared", progress=False)
-    return model, workdir / "prepared"
+    return build_tiny_model(workdir / "model", seed=0), prepared_synthetic(workdir, n=8)
 
 
 def _rerun(model: Path, data: Path, out: Path, want: bytes) -> tuple[bool, int, float]:

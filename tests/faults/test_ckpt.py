@@ -32,14 +32,9 @@ Killed = faults.Killed
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from vigos.config import DataConfig
-    from vigos.data.prepare import prepare
-    from vigos.data.synthetic import write_synthetic
+    from vigos.data.synthetic import prepared_synthetic
 
-    root = tmp_path_factory.mktemp("ckpt-data")
-    src = write_synthetic(root / "src", n=8, seed=1, fmt="disk")
-    prepare(DataConfig(source=str(src)), root / "prepared", progress=False)
-    return root / "prepared"
+    return prepared_synthetic(tmp_path_factory.mktemp("ckpt-data"), n=8)
 
 
 @pytest.fixture(scope="module")

@@ -126,16 +126,13 @@ def test_training_through_a_dead_tracking_server_finishes_and_its_history_arrive
     import subprocess
     import sys
 
-    from vigos.config import DataConfig
-    from vigos.data.prepare import prepare
-    from vigos.data.synthetic import write_synthetic
+    from vigos.data.synthetic import prepared_synthetic
 
-    src = write_synthetic(tmp_path / "src", n=8, seed=1, fmt="disk")
-    prepare(DataConfig(source=str(src)), tmp_path / "data", progress=False)
+    data = prepared_synthetic(tmp_path, n=8)
     run_id = _new_run(tracking_env, "t-outage-train")
     link.state = "hung"
     out = tmp_path / "train"
-    cmd = [sys.executable, "-m", "vigos.training.launch", "--dataset", str(tmp_path / "data"), "--output", str(out),
+    cmd = [sys.executable, "-m", "vigos.training.launch", "--dataset", str(data), "--output", str(out),
            "--preset", "tiny", "--set", f"model.name_or_path={tiny_model_dir}", "--set", "train.max_steps=2",
            "--set", "train.global_batch_size=2"]
     env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": link.uri, tracking.FLUSH_ENV: "2",

@@ -45,14 +45,9 @@ class FixedEngine:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from vigos.config import DataConfig
-    from vigos.data.prepare import prepare
-    from vigos.data.synthetic import write_synthetic
+    from vigos.data.synthetic import prepared_synthetic
 
-    root = tmp_path_factory.mktemp("train-data")
-    src = write_synthetic(root / "src", n=24, seed=1, fmt="disk")
-    prepare(DataConfig(source=str(src)), root / "prepared", progress=False)
-    return root / "prepared"
+    return prepared_synthetic(tmp_path_factory.mktemp("train-data"), n=24)
 
 
 def tiny_cfg(model_dir, *overrides):

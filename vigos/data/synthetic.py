@@ -290,6 +290,18 @@ def write_synthetic(output: str | Path, n: int, seed: int, fmt: Format = "disk",
     return out
 
 
+def prepared_synthetic(root: str | Path, n: int, seed: int = 1) -> Path:
+    """`n` synthetic rows written to `root`/src and run through data prep into `root`/prepared (returned): the
+    small training set of the trainer tests and the fault benchmarks."""
+    from vigos.config import DataConfig
+    from vigos.data.prepare import prepare
+
+    root = Path(root)
+    src = write_synthetic(root / "src", n, seed, fmt="disk")
+    prepare(DataConfig(source=str(src)), root / "prepared", progress=False)
+    return root / "prepared"
+
+
 def _write_jsonl(ds: datasets.Dataset, out: Path) -> None:
     from datasets import Image, List
 
