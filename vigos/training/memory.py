@@ -210,9 +210,3 @@ class CheckpointSwitch:
             for m in self.modules:
                 m.gradient_checkpointing = on
             self.on = on
-
-
-def enable_checkpointing(model: Any) -> CheckpointSwitch:
-    """Turn on (non-reentrant) gradient checkpointing of a (PEFT-wrapped) Qwen2.5-VL; the switch turns it off and
-    on again."""
-    return CheckpointSwitch(model)
