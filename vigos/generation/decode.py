@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from vigos.generation.sampling import sample_tokens
+from vigos.generation.sampling import draw
 from vigos.generation.types import SamplingParams
 
 ROPE_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")
@@ -228,15 +228,12 @@ class _Constants:
 
 
 def _draw(logits: torch.Tensor, buf: _Buffers, c: _Constants) -> None:
-    """Draw token `buf.step` from the last position's logits, exactly as `SeededSamplingProcessor` does under
-    `generate`, and record it (a finished row records the pad id)."""
-    raw = logits.float()
-    scores = raw.index_fill(1, c.suppress, float("-inf")) if c.suppress.numel() else raw
-    tokens = sample_tokens(scores, buf.seeds, buf.step, c.temperature, c.top_k, c.top_p)
+    """Draw token `buf.step` from the last position's logits (`sampling.draw`, as `SeededSamplingProcessor` does
+    under `generate`) and record it (a finished row records the pad id)."""
+    tokens, logprob = draw(logits, buf.seeds, buf.step, c.temperature, c.top_k, c.top_p, c.suppress, c.logprobs)
     column = buf.step.view(1)
-    if c.logprobs:
-        logprob = torch.log_softmax(raw, dim=-1).gather(1, tokens[:, None])
-        buf.logprobs.index_copy_(1, column, logprob)
+    if logprob is not None:
+        buf.logprobs.index_copy_(1, column, logprob[:, None])
     tokens = torch.where(buf.finished, c.pad, tokens)
     buf.tokens.index_copy_(1, column, tokens[:, None])
     buf.finished.logical_or_((tokens[:, None] == c.eos[None, :]).any(dim=1))

@@ -48,7 +48,7 @@ from transformers import (
 )
 
 from vigos.generation.decode import DecodeLoop
-from vigos.generation.sampling import sample_tokens, seeds_tensor
+from vigos.generation.sampling import draw, seeds_tensor
 from vigos.generation.types import GenerationRequest, GenerationResult, SamplingParams
 
 STATIC_CACHE = "static"
@@ -77,16 +77,11 @@ class SeededSamplingProcessor(LogitsProcessor):
         self.logprobs: list[torch.Tensor] | None = [] if record_logprobs else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.prompt_width
         p = self.params
-        raw = scores
-        if self.suppress is not None and self.suppress.numel():
-            scores = scores.index_fill(1, self.suppress, float("-inf"))
-        tokens = sample_tokens(scores, self.seeds, step, p.temperature, p.top_k, p.top_p)
+        tokens, logprob = draw(scores, self.seeds, input_ids.shape[1] - self.prompt_width, p.temperature, p.top_k,
+                               p.top_p, self.suppress, self.logprobs is not None)
         if self.logprobs is not None:
-            # the model's own log-probability of the drawn token (temperature 1, before any filtering): what the
-            # trainer's forward must reproduce for the same token (the sampling/training mismatch)
-            self.logprobs.append(torch.log_softmax(raw.float(), dim=-1).gather(1, tokens[:, None])[:, 0])
+            self.logprobs.append(logprob)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens[:, None], 0.0)
 

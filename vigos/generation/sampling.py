@@ -113,6 +113,22 @@ def sample_tokens(
     return ids.gather(-1, choice[:, None]).squeeze(-1)
 
 
+def draw(
+    logits: torch.Tensor, seeds: torch.Tensor, step: int | torch.Tensor, temperature: float, top_k: int = 0,
+    top_p: float = 1.0, suppress: torch.Tensor | None = None, logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One decode step of every row, as both of the engine's decode paths draw it: the `suppress` ids are never
+    drawn, then `sample_tokens`. -> (tokens [B], and with `logprobs` the model's own log-probability of each drawn
+    token [B]: temperature 1, before suppression and filtering, i.e. what the trainer's forward must reproduce for
+    the same token; else None)."""
+    raw = logits.float()
+    scores = raw.index_fill(1, suppress, float("-inf")) if suppress is not None and suppress.numel() else raw
+    tokens = sample_tokens(scores, seeds, step, temperature, top_k, top_p)
+    if not logprobs:
+        return tokens, None
+    return tokens, torch.log_softmax(raw, dim=-1).gather(1, tokens[:, None])[:, 0]
+
+
 def seeds_tensor(seeds: list[int], device: torch.device | str | None = None) -> torch.Tensor:
     """Python ints (any size, negative allowed) -> int64 tensor of their low 64 bits (two's complement)."""
     wrapped = [((int(s) + 2**63) % 2**64) - 2**63 for s in seeds]
