@@ -375,9 +375,10 @@ class _Model:
             from vigos.generation.vllm_server import SERVED_MODEL_NAME, visible_gpus, vllm_server
             from vigos.modeling.load import resolve_model_source
 
-            concurrency *= max(1, ev.vllm_data_parallel_size or visible_gpus())  # per replica: keep each one fed
+            replicas = ev.vllm_data_parallel_size or visible_gpus()  # 0 GPUs: vllm_server says so in one line
+            concurrency *= max(1, replicas)  # per replica: keep each one fed
             base_url = self._stack.enter_context(vllm_server(
-                str(resolve_model_source(self.model_dir)), data_parallel_size=ev.vllm_data_parallel_size,
+                str(resolve_model_source(self.model_dir)), data_parallel_size=replicas,
                 log_path=self.out / "vllm.log", timeout_s=ev.vllm_start_timeout_s, extra_args=ev.vllm_args))
             model, key = SERVED_MODEL_NAME, None
         else:
